@@ -1,0 +1,74 @@
+"""The model catalog (models/catalog.toml): named presets and where their bundles live.
+
+Torch-free: the CLI's `models` and `generate --model NAME` use it on edge boxes.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ortrefine.errors import UnknownNameError
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def catalog_path() -> Path:
+    """ORTREFINE_CATALOG overrides the repository's models/catalog.toml."""
+    return Path(os.environ.get("ORTREFINE_CATALOG", _REPO_ROOT / "models" / "catalog.toml"))
+
+
+def models_dir() -> Path:
+    """Where bundles go by default: ORTREFINE_MODELS, else ./models."""
+    return Path(os.environ.get("ORTREFINE_MODELS", "models"))
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One preset.
+
+    name: catalog key, also the default bundle folder name.
+    source: what the exporter loads (see export.sources for the forms).
+    description: one line for `ortrefine models`.
+    install_hint: command that makes the source available when it is missing.
+    hub_id: the upstream hub id, recorded in the manifest for provenance.
+    chat: whether the model is an instruct model with a chat template.
+    validate_atol: max |Δlogits| tolerated between ONNX and torch at export.
+    """
+
+    name: str
+    source: str
+    description: str = ""
+    install_hint: str | None = None
+    hub_id: str | None = None
+    chat: bool = False
+    validate_atol: float = 1e-3
+
+    def default_bundle(self) -> Path:
+        return models_dir() / self.name
+
+
+def load_catalog(path: Path | None = None) -> dict[str, CatalogEntry]:
+    data = tomllib.loads((path or catalog_path()).read_text())
+    return {name: CatalogEntry(name=name, **fields) for name, fields in data.items()}
+
+
+def get_entry(name: str) -> CatalogEntry:
+    entries = load_catalog()
+    if name not in entries:
+        known = ", ".join(sorted(entries))
+        raise UnknownNameError(f"unknown catalog model {name!r}; known: {known} (see `ortrefine models`)")
+    return entries[name]
+
+
+def resolve_bundle_path(model: str | os.PathLike[str]) -> Path:
+    """A bundle folder, or a catalog name standing for models/<name>."""
+    path = Path(model)
+    if path.exists() or os.sep in str(model) or str(model).startswith("."):
+        return path
+    entries = load_catalog()
+    if str(model) in entries:
+        return entries[str(model)].default_bundle()
+    return path

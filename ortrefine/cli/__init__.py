@@ -1,0 +1,1 @@
+"""Thin click commands over ortrefine.export and ortrefine.runtime."""

@@ -1,0 +1,160 @@
+"""The `ortrefine` command. Each command parses options, calls the library, prints the result.
+
+Domain errors (OrtRefineError) become one line and exit 1; usage errors exit 2 (click).
+Heavy imports (torch, optimum) happen only inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ortrefine.errors import OrtRefineError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into `Error: <message>` and exit 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OrtRefineError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; nothing was written") from None
+
+    return wrapper
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")(fn)
+    fn = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                      help="Execution provider; `cuda` fails when CUDA is unavailable instead of falling back.")(fn)
+    fn = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Bundle folder or catalog name.")(fn)
+    return fn
+
+
+def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--stop", multiple=True, help="Stop string (repeatable)."),
+        click.option("--early-stopping", type=click.Choice(["false", "true", "never"]), default="false", show_default=True),
+        click.option("--length-penalty", type=float, default=1.0, show_default=True),
+        click.option("--num-beams", type=click.IntRange(min=1), default=4, show_default=True),
+        click.option("--seed", type=int, default=None, help="Seed for sampling."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
+        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True),
+        click.option("--strategy", type=click.Choice(["greedy", "sample", "beam"]), default="greedy", show_default=True),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--system", default=None, help="System message for --chat."),
+        click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template."),
+    ]
+    for opt in opts:
+        fn = opt(fn)
+    return fn
+
+
+def generation_config(kw: dict[str, Any]):
+    from ortrefine.runtime.decoding import GenerationConfig
+
+    es = {"false": False, "true": True, "never": "never"}[kw.pop("early_stopping")]
+    return GenerationConfig(
+        strategy=kw.pop("strategy"), max_new_tokens=kw.pop("max_new_tokens"), temperature=kw.pop("temperature"),
+        top_k=kw.pop("top_k"), top_p=kw.pop("top_p"), seed=kw.pop("seed"), num_beams=kw.pop("num_beams"),
+        length_penalty=kw.pop("length_penalty"), early_stopping=es, stop=tuple(kw.pop("stop")),
+    )
+
+
+def load_lm(model: str, provider: str, threads: int | None):
+    import ortrefine
+
+    return ortrefine.load(model, provider=provider, threads=threads)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ortrefine")
+def cli() -> None:
+    """Export small causal LMs to ONNX and refine their outputs at inference time."""
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("output", required=False, type=click.Path(path_type=Path))
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (Optimum's default if unset).")
+@click.option("--atol", type=click.FloatRange(0, min_open=True), default=None, help="Max |Δlogits| ONNX vs torch.")
+@click.option("--no-validate", is_flag=True, help="Skip the comparison with torch.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@domain_errors
+def export(source: str, output: Path | None, revision: str | None, opset: int | None, atol: float | None, no_validate: bool, overwrite: bool) -> None:
+    """Export SOURCE (catalog name, hub id, folder, .gguf, tiny:ARCH) to a bundle at OUTPUT."""
+    from ortrefine.export.onnx_export import ExportConfig, export_bundle
+
+    r = export_bundle(ExportConfig(source, output, revision, opset, atol, not no_validate, overwrite, progress=True))
+    diff = "not validated" if r.max_abs_diff is None else f"max |Δlogits| vs torch {r.max_abs_diff:.2e}"
+    click.echo(f"wrote {r.path} ({sum(f['bytes'] for f in r.manifest['files'].values()) / 1e6:.1f} MB, {diff}, {r.seconds:.1f}s)")
+
+
+@cli.command()
+@click.argument("prompt")
+@model_options
+@generation_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@domain_errors
+def generate(prompt: str, model: str, provider: str, threads: int | None, chat: bool, system: str | None, as_json: bool, **kw: Any) -> None:
+    """Decode a continuation of PROMPT."""
+    cfg = generation_config(kw)
+    lm = load_lm(model, provider, threads)
+    from ortrefine.runtime.decoding import generate as run
+
+    ids = lm.encode_prompt(prompt, chat=chat, max_new_tokens=cfg.max_new_tokens, system=system)
+    r = run(lm, ids, cfg)
+    if as_json:
+        click.echo(json.dumps({**r.to_dict(), "provider": lm.provider, "model": str(lm.bundle.path)}))
+    else:
+        click.echo(r.text)
+        click.echo(f"[{r.strategy}, {len(r.ids)} tokens, log P {r.logprob:.2f}, {r.finish_reason}, {r.seconds:.2f}s, {lm.provider}]", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@domain_errors
+def models(as_json: bool) -> None:
+    """Catalog entries and the bundles found under the models folder."""
+    from ortrefine.inventory import list_models
+
+    rows = list_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state = f"{r['precision']:>6} {r['size_mb']:8.1f} MB  {r['path']}" if r["path"] else "   not exported (ortrefine export " + r["name"] + ")"
+        click.echo(f"{r['name']:<28} {r['kind']:<8} {state}")
+
+
+@cli.command()
+@click.option("--model", "-m", default=None, help="Also open this bundle and report the provider a session really gets.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@domain_errors
+def doctor(model: str | None, provider: str) -> None:
+    """Versions, available execution providers, and which provider a session really got."""
+    from ortrefine.inventory import doctor_report
+
+    for key, value in doctor_report(model, provider).items():
+        click.echo(f"{key}: {value}")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m ortrefine.cli.main`
+    cli(prog_name="ortrefine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Build-machine side: sources, ONNX export, quantization. Needs the `export` extra (torch)."""

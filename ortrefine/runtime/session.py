@@ -1,0 +1,328 @@
+"""One ONNX Runtime session over a bundle: KV-cache forward and batched scoring.
+
+The interface (input/output names, dtypes, KV head count and size) is read from the session,
+never from per-model tables, so any decoder Optimum exports with past key/values works.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ortrefine.errors import BundleError, PromptError, ProviderUnavailableError
+from ortrefine.runtime.bundle import Bundle, open_bundle
+from ortrefine.runtime.logprobs import gather_logprobs
+from ortrefine.runtime.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+@dataclass
+class KVCache:
+    """Past keys/values of a batch, one array per `past_key_values.*` input of the graph.
+
+    arrays[j]: (batch, kv_heads, length, head_dim) in the graph's float dtype. Rows are
+    sequences; slicing `length` gives the cache of every prefix for free (DESIGN.md, Scoring).
+    """
+
+    arrays: list[np.ndarray]
+
+    @property
+    def length(self) -> int:
+        return int(self.arrays[0].shape[2])
+
+    @property
+    def batch(self) -> int:
+        return int(self.arrays[0].shape[0])
+
+    def prefix(self, length: int) -> "KVCache":
+        """Cache of the first `length` positions (views, no copy)."""
+        return KVCache([a[:, :, :length] for a in self.arrays])
+
+    def rows(self, index: np.ndarray | Sequence[int]) -> "KVCache":
+        """Select / reorder / repeat rows (beam reordering, broadcasting one prefix to K rows)."""
+        idx = np.asarray(index, dtype=np.int64)
+        return KVCache([a[idx] for a in self.arrays])
+
+    def repeat(self, n: int) -> "KVCache":
+        if self.batch == n:
+            return self
+        if self.batch != 1:
+            raise ValueError(f"can only broadcast a batch-1 cache, got batch {self.batch}")
+        return KVCache([np.repeat(a, n, axis=0) for a in self.arrays])
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+
+@dataclass
+class ForwardOutput:
+    """logits: (batch, new_tokens, vocab) float32; kv: cache over past + new tokens."""
+
+    logits: np.ndarray
+    kv: KVCache
+
+
+@dataclass
+class ScoreResult:
+    """Per-token log-probs of K continuations of one prompt.
+
+    token_logprobs[k]: (len_k,) float32, log p(c_k[t] | prompt, c_k[:t]).
+    totals: (K,) float64 sums.
+    kv: when asked, the cache over prompt + each continuation, (K, …, P + max_len, …): the
+        prefix cache of prompt + c_k[:t] is `kv.rows([k]).prefix(P + t)`.
+    logits: when asked, (K, max_len, vocab): next-token logits after each continuation prefix
+        (position t holds the distribution of token t + 1).
+    """
+
+    token_logprobs: list[np.ndarray]
+    totals: np.ndarray
+    kv: KVCache | None = None
+    logits: np.ndarray | None = field(default=None, repr=False)
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def make_session(model_file: Path, provider: str = "auto", threads: int | None = None) -> tuple[ort.InferenceSession, str]:
+    """Session on the asked provider; fail fast (never fall back silently) when it is missing."""
+    if provider not in ("auto", *PROVIDERS):
+        raise ProviderUnavailableError(f"unknown provider {provider!r}; use one of: auto, cpu, cuda")
+    have = available_providers()
+    if provider == "cuda" and PROVIDERS["cuda"] not in have:
+        raise ProviderUnavailableError(
+            f"the CUDA execution provider is not available (this onnxruntime has: {', '.join(have)}); "
+            "install onnxruntime-gpu in place of onnxruntime (pip uninstall -y onnxruntime && "
+            "pip install 'ortrefine[gpu]'), or use --provider cpu"
+        )
+    wanted = "cuda" if provider == "cuda" or (provider == "auto" and PROVIDERS["cuda"] in have) else "cpu"
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if wanted == "cuda" else [PROVIDERS["cpu"]]
+    try:
+        session = ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
+    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types; all mean a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"{model_file}: onnxruntime cannot load it ({first}); re-export the bundle") from None
+    got = session.get_providers()[0]
+    if wanted == "cuda" and got != PROVIDERS["cuda"]:
+        if provider == "cuda":
+            raise ProviderUnavailableError(
+                "onnxruntime-gpu is installed but the CUDA provider failed to start (CUDA/cuDNN "
+                "libraries missing or no GPU); fix the CUDA install or use --provider cpu"
+            )
+    return session, "cuda" if got == PROVIDERS["cuda"] else "cpu"
+
+
+class LM:
+    """A causal LM bundle on ONNX Runtime: tokenizer, forward with KV cache, batched scoring."""
+
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
+        self.bundle = bundle
+        self.session, self.provider = make_session(bundle.model_file, provider, threads)
+        self._read_interface()
+        self.tokenizer = TextTokenizer.from_files(
+            str(bundle.path / "tokenizer.json"),
+            bundle.chat_template,
+            {k: v for k, v in bundle.manifest.get("special_tokens", {}).items() if isinstance(v, str)},
+        )
+        self.forward_tokens = 0  # tokens pushed through the graph since load (cost accounting)
+
+    # -- interface -------------------------------------------------------------------------
+    def _read_interface(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        for required in ("input_ids", "attention_mask"):
+            if required not in inputs:
+                raise BundleError(
+                    f"{self.bundle.model_file}: graph has no {required!r} input (has: {', '.join(inputs)}); "
+                    "export with task text-generation-with-past"
+                )
+        self.past_names = [n for n in inputs if n.startswith("past_key_values")]
+        if not self.past_names:
+            raise BundleError(f"{self.bundle.model_file}: graph has no past_key_values inputs; export with task text-generation-with-past")
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.present_names = [n.replace("past_key_values", "present", 1) for n in self.past_names]
+        missing = [n for n in ["logits", *self.present_names] if n not in outputs]
+        if missing:
+            raise BundleError(f"{self.bundle.model_file}: graph lacks outputs {missing}")
+        self.has_position_ids = "position_ids" in inputs
+        self.input_dtypes = {n: _ORT_DTYPES.get(i.type, np.float32) for n, i in inputs.items()}
+        first = inputs[self.past_names[0]]
+        cfg = self.bundle.config
+        heads = first.shape[1] if isinstance(first.shape[1], int) else cfg.get("num_key_value_heads", cfg.get("n_head"))
+        n_embd = cfg.get("hidden_size", cfg.get("n_embd"))
+        n_heads = cfg.get("num_attention_heads", cfg.get("n_head"))
+        dim = first.shape[3] if isinstance(first.shape[3], int) else cfg.get("head_dim") or n_embd // n_heads
+        self.kv_heads, self.head_dim = int(heads), int(dim)
+        self.kv_dtype = self.input_dtypes[self.past_names[0]]
+        self.output_names = ["logits", *self.present_names]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.session.get_outputs()[0].shape[2]) if isinstance(self.session.get_outputs()[0].shape[2], int) else self.tokenizer.vocab_size
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return self.bundle.eos_ids
+
+    def empty_kv(self, batch: int) -> KVCache:
+        shape = (batch, self.kv_heads, 0, self.head_dim)
+        return KVCache([np.zeros(shape, dtype=self.kv_dtype) for _ in self.past_names])
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, input_ids: np.ndarray, past: KVCache | None = None, attention_mask: np.ndarray | None = None) -> ForwardOutput:
+        """One pass of `input_ids` (batch, new) on top of `past`.
+
+        attention_mask: (batch, past + new) int64, 0 at left padding; all ones by default.
+        position_ids are derived from the mask, so left-padded rows count from their first token.
+        """
+        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        batch, new = input_ids.shape
+        past = past if past is not None else self.empty_kv(batch)
+        if past.batch != batch:
+            past = past.repeat(batch)
+        total = past.length + new
+        if attention_mask is None:
+            attention_mask = np.ones((batch, total), dtype=np.int64)
+        feed: dict[str, np.ndarray] = {
+            "input_ids": input_ids.astype(self.input_dtypes["input_ids"], copy=False),
+            "attention_mask": attention_mask.astype(self.input_dtypes["attention_mask"], copy=False),
+        }
+        if self.has_position_ids:
+            pos = np.cumsum(attention_mask, axis=1) - 1
+            pos[attention_mask == 0] = 1
+            feed["position_ids"] = np.ascontiguousarray(pos[:, -new:]).astype(self.input_dtypes["position_ids"], copy=False)
+        for name, arr in zip(self.past_names, past.arrays):
+            feed[name] = np.ascontiguousarray(arr)
+        outs = self.session.run(self.output_names, feed)
+        self.forward_tokens += batch * new
+        logits = outs[0] if outs[0].dtype == np.float32 else outs[0].astype(np.float32)
+        return ForwardOutput(logits=logits, kv=KVCache(list(outs[1:])))
+
+    # -- prompts ---------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str | Sequence[int], chat: bool = False, max_new_tokens: int = 0, system: str | None = None) -> list[int]:
+        """Prompt ids, refusing empty prompts and prompts that leave no room in the context."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise PromptError("the prompt is empty; give some text")
+            ids = self.tokenizer.encode(prompt, chat=chat, system=system)
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise PromptError("the prompt is empty; give some text")
+        ctx = self.bundle.context_length
+        if len(ids) + max_new_tokens > ctx:
+            raise PromptError(
+                f"the prompt is {len(ids)} tokens and {max_new_tokens} new tokens were asked for, "
+                f"but the model's context is {ctx}; shorten the prompt or lower --max-new-tokens"
+            )
+        return ids
+
+    # -- scoring ---------------------------------------------------------------------------
+    def prefill(self, ids: Sequence[int]) -> ForwardOutput:
+        """Batch-1 pass over a whole sequence: logits at every position and its KV cache."""
+        return self.forward(np.asarray([ids], dtype=np.int64))
+
+    def extend(self, past: KVCache, suffixes: Sequence[Sequence[int]], pad_id: int | None = None) -> tuple[ForwardOutput, np.ndarray]:
+        """Batched pass of K right-padded suffixes on top of one shared (or per-row) prefix cache.
+
+        Returns the forward output (logits (K, S_max, vocab)) and lengths (K,).
+        Right padding is safe here: a pad comes after every real token of its row, and causal
+        attention never lets a real token see it.
+        """
+        lengths = np.array([len(s) for s in suffixes], dtype=np.int64)
+        width = int(lengths.max())
+        pad = self.bundle.pad_id if pad_id is None else pad_id
+        tokens = np.full((len(suffixes), width), pad, dtype=np.int64)
+        mask_new = np.zeros((len(suffixes), width), dtype=np.int64)
+        for k, s in enumerate(suffixes):
+            tokens[k, : len(s)] = s
+            mask_new[k, : len(s)] = 1
+        mask = np.concatenate([np.ones((len(suffixes), past.length), dtype=np.int64), mask_new], axis=1)
+        return self.forward(tokens, past.repeat(len(suffixes)), mask), lengths
+
+    def score(
+        self,
+        prompt_ids: Sequence[int],
+        continuations: Sequence[Sequence[int]],
+        return_kv: bool = False,
+        return_logits: bool = False,
+    ) -> ScoreResult:
+        """log p of each continuation given the prompt: one prompt pass, one batched pass."""
+        if not continuations or any(len(c) == 0 for c in continuations):
+            raise ValueError("score() needs at least one non-empty continuation")
+        head = self.prefill(prompt_ids)
+        out, lengths = self.extend(head.kv, continuations)
+        K = len(continuations)
+        targets = np.zeros(out.logits.shape[:2], dtype=np.int64)
+        for k, c in enumerate(continuations):
+            targets[k, : len(c)] = c
+        # token t of each row is predicted by the logits before it: the prompt's last position for t = 0
+        first = gather_logprobs(np.repeat(head.logits[:, -1], K, axis=0), targets[:, 0])
+        rest = gather_logprobs(out.logits[:, :-1], targets[:, 1:]) if targets.shape[1] > 1 else np.zeros((K, 0), np.float32)
+        per = np.concatenate([first[:, None], rest], axis=1)
+        token_lps = [per[k, : lengths[k]].copy() for k in range(K)]
+        return ScoreResult(
+            token_logprobs=token_lps,
+            totals=np.array([lp.sum(dtype=np.float64) for lp in token_lps]),
+            kv=out.kv if return_kv else None,
+            logits=out.logits if return_logits else None,
+        )
+
+    def score_many(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[np.ndarray]:
+        """Per-token log-probs of several (prompt + continuation) sequences in one left-padded pass.
+
+        Returns, per sequence, (len - prompt_len,) float32 log-probs of its continuation tokens.
+        """
+        width = max(len(s) for s in sequences)
+        ids = np.full((len(sequences), width), self.bundle.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for b, s in enumerate(sequences):
+            ids[b, width - len(s):] = s
+            mask[b, width - len(s):] = 1
+        logits = self.forward(ids, attention_mask=mask).logits
+        out = []
+        for b, (s, p) in enumerate(zip(sequences, prompt_lengths)):
+            off = width - len(s)
+            rows = logits[b, off + p - 1 : off + len(s) - 1]
+            out.append(gather_logprobs(rows, np.asarray(s[p:], dtype=np.int64)))
+        return out
+
+    # -- decoding (thin; strategies live in decoding.py) ------------------------------------
+    def generate(self, prompt: str | Sequence[int], config: "GenerationConfig | None" = None, chat: bool = False, **overrides):  # noqa: F821
+        from ortrefine.runtime.decoding import GenerationConfig, generate
+
+        cfg = config or GenerationConfig(**overrides)
+        if config is not None and overrides:
+            from dataclasses import replace
+
+            cfg = replace(config, **overrides)
+        return generate(self, prompt, cfg, chat=chat)
+
+
+def load(path: str | Path, provider: str = "auto", threads: int | None = None, verify: bool = False) -> LM:
+    """Open a bundle (folder or catalog name) and start a session on it."""
+    from ortrefine.catalog import resolve_bundle_path
+
+    t0 = time.perf_counter()
+    lm = LM(open_bundle(resolve_bundle_path(path), verify=verify), provider=provider, threads=threads)
+    log.info("loaded %s on %s in %.2fs", lm.bundle.path, lm.provider, time.perf_counter() - t0)
+    return lm

@@ -1,0 +1,66 @@
+"""CLI in-process with CliRunner: exit codes and exact output, error paths included."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from ortrefine.cli.main import cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_generate_json(tiny_bundles):
+    r = invoke("generate", "Once upon a time", "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "5", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert len(data["ids"]) == 5 and isinstance(data["text"], str) and data["provider"] == "cpu"
+
+
+def test_generate_chat_beam(tiny_bundles):
+    r = invoke("generate", "Why is the sky blue?", "-m", str(tiny_bundles["llama"]), "--chat", "--strategy", "beam",
+               "--num-beams", "4", "--max-new-tokens", "4", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["strategy"] == "beam" and data["prompt_ids"][:2] == [1, 87]  # <|im_start|>user, no doubled BOS
+
+
+def test_generate_errors_are_one_line(tiny_bundles, tmp_path):
+    cases = [
+        (["generate", "x", "-m", str(tmp_path / "none")], 1, "Error: no bundle at"),
+        (["generate", "", "-m", str(tiny_bundles["llama"])], 1, "Error: the prompt is empty"),
+        (["generate", "x", "-m", str(tiny_bundles["gpt2"]), "--chat"], 1, "Error: this model has no chat template"),
+        (["generate", "x", "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "0"], 2, "Invalid value for '--max-new-tokens'"),
+        (["generate", "x", "-m", str(tiny_bundles["llama"]), "--strategy", "nucleus"], 2, "Invalid value for '--strategy'"),
+    ]
+    for args, code, text in cases:
+        r = invoke(*args)
+        assert r.exit_code == code, (args, r.output)
+        assert text in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_export_unknown_name(tmp_path):
+    r = invoke("export", "gpt-17")
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: 'gpt-17' is not a catalog name (smollm2-135m, tiny-gpt2, tiny-llama)")
+
+
+def test_export_then_models_lists_it(tmp_path, monkeypatch):
+    r = invoke("export", "tiny-gpt2")
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and "max |Δlogits| vs torch" in r.output
+    r = invoke("models", "--json")
+    rows = {row["name"]: row for row in json.loads(r.output)}
+    assert rows["tiny-gpt2"]["path"] and rows["tiny-gpt2"]["precision"] == "fp32"
+    assert rows["smollm2-135m"]["path"] is None
+
+
+def test_doctor_reports_session_provider(tiny_bundles):
+    r = invoke("doctor", "-m", str(tiny_bundles["llama"]), "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "available providers:" in r.output
+    assert "session provider: cpu (asked: cpu" in r.output

@@ -1,0 +1,79 @@
+"""Parity with transformers' torch model on tiny random llama and gpt2 models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+PROMPTS = ["Once upon a time", "The quick brown fox", "Why is the sky blue?"]
+
+
+def hf_generate(model, tok, prompt: str, **kw) -> list[int]:
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, pad_token_id=0, eos_token_id=2, **kw)
+    gen = out[0, ids["input_ids"].shape[1]:].tolist()
+    return gen[: gen.index(2) + 1] if 2 in gen else gen
+
+
+def test_logits_match_torch(tiny):
+    arch, lm, model, tok = tiny
+    for prompt in PROMPTS:
+        ids = tok(prompt)["input_ids"]
+        assert ids == lm.encode_prompt(prompt)
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].numpy()
+        got = lm.prefill(ids).logits[0]
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_matches_generate(tiny):
+    arch, lm, model, tok = tiny
+    for prompt in PROMPTS:
+        ref = hf_generate(model, tok, prompt, do_sample=False, max_new_tokens=20)
+        got = lm.generate(prompt, max_new_tokens=20).ids
+        assert got == ref, (arch, prompt)
+
+
+@pytest.mark.parametrize("length_penalty,early_stopping", [(1.0, False), (0.0, "never"), (2.0, True)])
+def test_beam_matches_generate(tiny, length_penalty, early_stopping):
+    arch, lm, model, tok = tiny
+    for prompt in PROMPTS:
+        ref = hf_generate(model, tok, prompt, do_sample=False, num_beams=4, max_new_tokens=16,
+                          length_penalty=length_penalty, early_stopping=early_stopping)
+        got = lm.generate(prompt, strategy="beam", num_beams=4, max_new_tokens=16,
+                          length_penalty=length_penalty, early_stopping=early_stopping).ids
+        assert got == ref, (arch, prompt)
+
+
+def test_left_padded_batch_equals_one_by_one(tiny):
+    arch, lm, model, tok = tiny
+    seqs = [lm.encode_prompt(p) + lm.tokenizer.encode_plain(" and then it rained") for p in PROMPTS]
+    plens = [len(lm.encode_prompt(p)) for p in PROMPTS]
+    batched = lm.score_many(seqs, plens)
+    for s, p, b in zip(seqs, plens, batched):
+        single = lm.score(s[:p], [s[p:]]).token_logprobs[0]
+        np.testing.assert_allclose(b, single, atol=1e-4)
+
+
+def test_score_batch_of_continuations_equals_single(tiny):
+    arch, lm, model, tok = tiny
+    prompt = lm.encode_prompt(PROMPTS[0])
+    conts = [lm.tokenizer.encode_plain(t) for t in [" there", " lived a cat who", " !"]]
+    batched = lm.score(prompt, conts)
+    for c, lp in zip(conts, batched.token_logprobs):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + c])).logits[0]
+        ref = torch.log_softmax(logits, -1)[len(prompt) - 1 : -1].gather(1, torch.tensor(c)[:, None])[:, 0].numpy()
+        np.testing.assert_allclose(lp, ref, atol=1e-4)
+        np.testing.assert_allclose(lm.score(prompt, [c]).token_logprobs[0], lp, atol=1e-5)
+
+
+def test_sampling_is_seeded(tiny):
+    arch, lm, model, tok = tiny
+    a = lm.generate("Once upon", strategy="sample", seed=3, top_k=20, top_p=0.9, max_new_tokens=12).ids
+    b = lm.generate("Once upon", strategy="sample", seed=3, top_k=20, top_p=0.9, max_new_tokens=12).ids
+    c = [lm.generate("Once upon", strategy="sample", seed=s, max_new_tokens=12).ids for s in range(4, 9)]
+    assert a == b
+    assert any(x != a for x in c)

@@ -1,0 +1,57 @@
+"""The default model really works: export SmolLM2-135M from its GGUF and match torch greedy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol_torch():
+    from ortrefine.export.sources import load_source, resolve_source
+
+    torch.set_num_threads(1)  # torch's pool fights ORT's on small boxes (FACTS.md)
+    return load_source(resolve_source("smollm2-135m"))
+
+
+@pytest.fixture(scope="module")
+def smol_lm(smollm2_bundle):
+    import ortrefine
+
+    return ortrefine.load(smollm2_bundle, provider="cpu")
+
+
+def test_manifest_records_special_tokens(smol_lm):
+    m = smol_lm.bundle.manifest
+    assert m["special_tokens"]["eos_ids"] == [2]  # generation_config's <|im_end|>, not the tokenizer's id 1
+    assert m["context_length"] == 8192 and m["chat_template"] is True
+    assert m["validation"]["checks"] and all(c["max_abs_diff"] < 1e-3 for c in m["validation"]["checks"])
+
+
+def test_greedy_16_equals_torch(smol_lm, smol_torch):
+    model, tok = smol_torch
+    prompt = "Once upon a time, in a small village by the sea, there lived"
+    ids = tok(prompt, return_tensors="pt")
+    assert ids["input_ids"][0].tolist() == smol_lm.encode_prompt(prompt)
+    with torch.no_grad():
+        ref = model.generate(**ids, do_sample=False, max_new_tokens=16)[0, ids["input_ids"].shape[1]:].tolist()
+    got = smol_lm.generate(prompt, max_new_tokens=16)
+    assert got.ids == ref
+    with torch.no_grad():
+        logits = model(ids["input_ids"]).logits[0].numpy()
+    np.testing.assert_allclose(smol_lm.prefill(smol_lm.encode_prompt(prompt)).logits[0], logits, atol=1e-3)
+
+
+def test_chat_prompt_has_single_bos_and_stops_at_end_of_turn(smol_lm, smol_torch):
+    model, tok = smol_torch
+    q = "What is the capital of France?"
+    ref = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+    ids = smol_lm.encode_prompt(q, chat=True)
+    assert ids == list(ref) and ids[:2] != [1, 1]
+    out = smol_lm.generate(q, chat=True, max_new_tokens=48)
+    assert "Paris" in out.text
+    if out.finish_reason == "eos":
+        assert out.ids[-1] == 2 and "<|im_end|>" not in out.text
