@@ -152,6 +152,25 @@ def doctor(model: str | None, provider: str) -> None:
         click.echo(f"{key}: {value}")
 
 
+# Commands that live in their own modules (each defines `commands: list[click.Command]`). Their
+# module level must stay torch-free: heavy imports go inside the command bodies.
+SUBCOMMAND_MODULES = ["ortrefine.cli.refine_cmd", "ortrefine.cli.quantize_cmd", "ortrefine.cli.distill_cmd",
+                      "ortrefine.cli.gradient_cmd", "ortrefine.cli.bench_cmd"]
+
+
+def _register_subcommands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            for command in importlib.import_module(name).commands:
+                cli.add_command(command)
+
+
+_register_subcommands()
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m ortrefine.cli.main`
     cli(prog_name="ortrefine")
 
