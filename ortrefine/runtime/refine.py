@@ -1,0 +1,628 @@
+"""Single-step output optimisation: coordinate descent over the tokens of an output Y.
+
+Y⁰ comes from a decoding strategy (or the user). A sweep visits positions in an order; at each
+position i it proposes candidates (top-k of p(· | X, Y[:i]), objective proposals, optional
+insert/delete), scores them all in batched passes on top of the prefix KV sliced from the last
+full pass of Y, and accepts the best if it raises J by more than `tol`.
+
+Suffix handling:
+- `keep`: the other coordinates stay fixed: candidate = Y[:i] + edit + Y[i+1:].
+- `regenerate`: the candidate's suffix is re-decoded greedily (batched across candidates) and
+  the candidate is judged on its whole new sequence.
+
+Pruning is exact: LM terms only fall as tokens are added, so a candidate whose upper bound
+(`Objective.upper_bound`) drops to the incumbent's J or below is dropped before it is finished.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from ortrefine.errors import ConfigError, PromptError
+from ortrefine.registry import Registry
+from ortrefine.runtime.decoding import GenerationConfig, generate
+from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
+from ortrefine.runtime.objectives import Batch, Context, Objective, ObjectiveSpec
+from ortrefine.runtime.session import KVCache
+
+if TYPE_CHECKING:
+    from ortrefine.runtime.session import LM
+
+MODES = ("keep", "regenerate")
+EDIT_KINDS = ("substitute", "insert", "delete")
+
+
+def _l2r(state: "_State", rng: np.random.Generator) -> list[int]:
+    return list(range(len(state.ids)))
+
+
+def _r2l(state: "_State", rng: np.random.Generator) -> list[int]:
+    return list(reversed(range(len(state.ids))))
+
+
+def _random(state: "_State", rng: np.random.Generator) -> list[int]:
+    return [int(i) for i in rng.permutation(len(state.ids))]
+
+
+def _worst_first(state: "_State", rng: np.random.Generator) -> list[int]:
+    return [int(i) for i in np.argsort(state.lp, kind="stable")]
+
+
+ORDERS: Registry[Callable[["_State", np.random.Generator], list[int]]] = Registry("position order")
+ORDERS.register("l2r", _l2r)
+ORDERS.register("r2l", _r2l)
+ORDERS.register("random", _random)
+ORDERS.register("worst-first", _worst_first)
+
+
+@dataclass
+class RefineConfig:
+    """How to refine.
+
+    objectives: terms of J, as ObjectiveSpec or strings like "coverage=2.0" (README: formulas).
+    keywords / reference: inputs of the coverage / reference terms.
+    mode: keep | regenerate (see module docstring).
+    top_k: proposals per position from p(· | X, Y[:i]); None enumerates the whole vocabulary.
+    min_prob: drop top-k proposals below this probability (objective proposals are exempt).
+    edits: any of substitute, insert, delete (insert/delete only change anything in keep mode:
+        under regenerate every edit is a substitution followed by a fresh suffix).
+    order: l2r | r2l | random (seeded) | worst-first (lowest per-token log-prob first).
+    sweeps: maximum sweeps; refinement also stops when a sweep accepts nothing.
+    positions_per_batch: positions whose candidates are scored together in one batch; the best
+        edit among them is accepted (1 = plain coordinate descent).
+    tol: minimum ΔJ to accept an edit.
+    seed: for the random order (and sampled initial outputs).
+    budget_seconds / budget_tokens: stop before the next batch once spent (None: no limit).
+    prune: drop candidates whose exact upper bound falls to the incumbent's J.
+    chunk: keep mode: suffix tokens scored per pass between pruning checks.
+    max_rows: candidates per forward pass (memory bound for top_k=None).
+    max_new_tokens: length cap of Y⁰ and of every candidate.
+    chat / system: wrap the prompt in the chat template.
+    initial: refine this text instead of decoding Y⁰.
+    initial_strategy: how Y⁰ is decoded (default greedy).
+    """
+
+    objectives: list[ObjectiveSpec | str] = field(default_factory=lambda: ["logprob"])
+    keywords: tuple[str, ...] = ()
+    reference: str | None = None
+    mode: str = "regenerate"
+    top_k: int | None = 4
+    min_prob: float = 0.0
+    edits: tuple[str, ...] = ("substitute",)
+    order: str = "l2r"
+    sweeps: int = 1
+    positions_per_batch: int = 1
+    tol: float = 1e-6
+    seed: int = 0
+    budget_seconds: float | None = None
+    budget_tokens: int | None = None
+    prune: bool = True
+    chunk: int = 8
+    max_rows: int = 64
+    max_new_tokens: int = 32
+    chat: bool = False
+    system: str | None = None
+    initial: str | None = None
+    initial_strategy: GenerationConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = str(self.mode).lower()
+        self.order = str(self.order).lower()
+        self.edits = tuple(str(e).lower() for e in self.edits)
+        self.keywords = tuple(self.keywords)
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        ORDERS.get(self.order)
+        bad = [e for e in self.edits if e not in EDIT_KINDS]
+        if bad or not self.edits:
+            raise ConfigError(f"unknown edit kind(s) {bad or '(none)'}; known: {', '.join(EDIT_KINDS)}")
+        for name in ("sweeps", "positions_per_batch", "chunk", "max_rows", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top-k must be >= 1 or 'all', got {self.top_k}")
+        if not (0 <= self.min_prob < 1):
+            raise ConfigError(f"min-prob must be in [0, 1), got {self.min_prob}")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise ConfigError(f"tol must be a finite number >= 0, got {self.tol}")
+        for name in ("budget_seconds", "budget_tokens"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.initial is not None and not self.initial.strip():
+            raise ConfigError("--initial text is empty; give the output to refine, or drop --initial")
+
+
+@dataclass
+class Output:
+    """A continuation: text (special tokens skipped), ids (eos included), per-token log-probs."""
+
+    text: str
+    ids: list[int]
+    token_logprobs: list[float]
+
+
+@dataclass
+class Edit:
+    """One accepted edit: where, what (token ids and their text), and the gain in J."""
+
+    sweep: int
+    position: int
+    kind: str
+    old_id: int | None
+    new_id: int | None
+    old_token: str | None
+    new_token: str | None
+    delta: float
+    objective: float
+
+
+@dataclass
+class Cost:
+    """What refinement spent (initial decode excluded from forward_tokens but timed in seconds).
+
+    forward_tokens: tokens pushed through the graph by refinement.
+    candidates: candidate sequences proposed; pruned: dropped by the exact bound before finishing.
+    tokens_skipped: suffix tokens not computed thanks to pruning (regenerate: counted to the
+        length cap, an upper estimate). noncanonical: candidates dropped because their text
+        re-tokenizes differently. passes: forward passes. initial_seconds / seconds: wall time.
+    """
+
+    forward_tokens: int = 0
+    candidates: int = 0
+    pruned: int = 0
+    tokens_skipped: int = 0
+    noncanonical: int = 0
+    passes: int = 0
+    positions_visited: int = 0
+    initial_forward_tokens: int = 0
+    initial_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class RefineResult:
+    """The whole trace of one refinement.
+
+    objective_before / objective_after: {"total": J, term: raw value, ...} for Y⁰ and Y*.
+    final_retokenized: Y*'s text re-tokenized, with J recomputed from scratch on it
+        (equal to `final` whenever every accepted candidate was canonical).
+    stop_reason: converged | sweeps | budget-seconds | budget-tokens.
+    """
+
+    prompt: str
+    prompt_ids: list[int]
+    initial: Output
+    final: Output
+    objective_before: dict[str, float]
+    objective_after: dict[str, float]
+    final_retokenized: dict[str, Any]
+    edits: list[Edit]
+    cost: Cost
+    sweeps: int
+    stop_reason: str
+    config: dict[str, Any]
+
+    @property
+    def gain(self) -> float:
+        return self.objective_after["total"] - self.objective_before["total"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "prompt_ids": self.prompt_ids,
+            "initial": asdict(self.initial),
+            "final": asdict(self.final),
+            "objective_before": self.objective_before,
+            "objective_after": self.objective_after,
+            "gain": self.gain,
+            "final_retokenized": self.final_retokenized,
+            "edits": [asdict(e) for e in self.edits],
+            "cost": asdict(self.cost),
+            "sweeps": self.sweeps,
+            "stop_reason": self.stop_reason,
+            "config": self.config,
+        }
+
+
+@dataclass
+class _State:
+    """The incumbent Y with everything one full pass over X ⧺ Y gives.
+
+    dist: (L + 1, vocab) float32 logits; row t is the distribution of the token at position t
+        (row 0 from the prompt's last position). kv: cache over X ⧺ Y (length P + L).
+    lp / ref_lp: (L,) per-token log p(y_t) / log p(R_t) (ref only when a reference term exists).
+    greedy_from: smallest g with Y[g:] equal to the greedy continuation of Y[:g].
+    """
+
+    ids: list[int]
+    dist: np.ndarray
+    kv: KVCache
+    lp: np.ndarray
+    ref_lp: np.ndarray | None
+    J: float
+    parts: dict[str, float]
+    greedy_from: int
+
+
+@dataclass
+class _Candidate:
+    """A row to score: Y[:start] + tail, `pending` tokens given, greedy after them if regenerate."""
+
+    start: int
+    kind: str
+    pending: list[int]
+    old_id: int | None
+    new_id: int | None
+    exempt: bool = False
+
+
+class _Refiner:
+    """One refinement run (holds the LM, objective, prompt cache and cost counters)."""
+
+    def __init__(self, lm: "LM", prompt: str, cfg: RefineConfig) -> None:
+        self.lm, self.cfg, self.prompt = lm, cfg, prompt
+        self.cost = Cost()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.eos = set(lm.eos_ids)
+
+    # -- setup -----------------------------------------------------------------------------
+    def initial_output(self, prompt_ids: list[int]) -> list[int]:
+        cfg = self.cfg
+        if cfg.initial is not None:
+            ids = self.lm.tokenizer.encode_plain(cfg.initial)
+            if not ids:
+                raise ConfigError("--initial text encodes to no tokens; give the output to refine")
+            if len(ids) > cfg.max_new_tokens:
+                raise ConfigError(f"--initial is {len(ids)} tokens, more than --max-new-tokens {cfg.max_new_tokens}; raise it")
+            return ids
+        gen = cfg.initial_strategy or GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+        if gen.max_new_tokens != cfg.max_new_tokens:
+            from dataclasses import replace
+
+            gen = replace(gen, max_new_tokens=cfg.max_new_tokens)
+        if gen.strategy == "sample" and gen.seed is None:
+            from dataclasses import replace
+
+            gen = replace(gen, seed=cfg.seed)
+        out = generate(self.lm, prompt_ids, gen)
+        if not out.ids:
+            raise PromptError("the initial decode produced no tokens; nothing to refine")
+        return out.ids
+
+    def build_context(self, prompt_text: str, initial_len: int) -> None:
+        cfg, tok = self.cfg, self.lm.tokenizer
+        ref_ids = tok.encode_plain(cfg.reference) if cfg.reference else []
+        self.ctx = Context(
+            prompt=prompt_text, tokenizer=tok, eos_ids=self.lm.eos_ids, max_len=cfg.max_new_tokens,
+            keywords=cfg.keywords, reference=cfg.reference, reference_ids=ref_ids, initial_len=initial_len,
+        )
+        self.objective = Objective(cfg.objectives, self.ctx)
+        self.ref_ids = np.array(ref_ids, dtype=np.int64)
+        self.use_ref = self.objective.needs_reference
+
+    # -- full pass over X ⧺ Y ---------------------------------------------------------------
+    def build_state(self, ids: list[int]) -> _State:
+        out = self.lm.forward(np.array([ids], dtype=np.int64), self.prompt_kv)
+        self.cost.forward_tokens += len(ids)
+        self.cost.passes += 1
+        dist = np.concatenate([self.prompt_last[None], out.logits[0]], axis=0)
+        lp = gather_logprobs(dist[: len(ids)], np.array(ids)).astype(np.float64)
+        ref_lp = self._ref_lp(dist[: len(ids)], 0) if self.use_ref else None
+        J, parts = self.judge([ids], [lp], [ref_lp] if ref_lp is not None else None)
+        greedy = np.argmax(dist[: len(ids)], axis=-1) == np.array(ids)
+        g = len(ids)
+        while g > 0 and greedy[g - 1]:
+            g -= 1
+        if not (ids[-1] in self.eos or len(ids) >= self.cfg.max_new_tokens):
+            g = len(ids)  # an unfinished Y is not a complete greedy continuation anywhere
+        return _State(ids, dist, out.kv, lp, ref_lp, float(J[0]), {k: float(v[0]) for k, v in parts.items()}, g)
+
+    def _ref_lp(self, rows: np.ndarray, start: int) -> np.ndarray:
+        """log p(R_t) for positions start.. start+len(rows) that the reference covers."""
+        n = max(0, min(len(rows), len(self.ref_ids) - start))
+        if n == 0:
+            return np.zeros(0)
+        return gather_logprobs(rows[:n], self.ref_ids[start : start + n]).astype(np.float64)
+
+    def judge(self, ids: list[list[int]], lps: list[np.ndarray], ref_lps: list[np.ndarray] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        texts = [self.lm.tokenizer.decode(i) for i in ids]
+        return self.objective.evaluate(Batch(self.prompt, ids, lps, texts, ref_lps))
+
+    # -- proposals --------------------------------------------------------------------------
+    def proposals(self, state: _State, i: int) -> list[_Candidate]:
+        cfg, ids = self.cfg, state.ids
+        if i >= len(ids):
+            return []
+        logits = state.dist[i]
+        if cfg.top_k is None:
+            tokens = list(range(logits.shape[0]))
+        else:
+            k = min(cfg.top_k, logits.shape[0])
+            top = np.argpartition(-logits, k - 1)[:k]
+            tokens = [int(t) for t in top[np.argsort(-logits[top], kind="stable")]]
+        if cfg.min_prob > 0:
+            p = np.exp(log_softmax(logits[None])[0])
+            tokens = [t for t in tokens if p[t] >= cfg.min_prob]
+        extra = [t for t in self.objective.propose(ids[:i]) if t not in tokens]
+        old = ids[i]
+        out: list[_Candidate] = []
+        regen = cfg.mode == "regenerate"
+        if "substitute" in cfg.edits and not (old in self.eos and not regen):
+            for t in tokens + extra:
+                if t == old and (not regen or i + 1 >= state.greedy_from):
+                    continue  # the incumbent itself (under regenerate: when its suffix is already greedy)
+                tail = [t] if (regen or t in self.eos) else [t] + ids[i + 1 :]
+                out.append(_Candidate(i, "substitute", tail, old, t, exempt=t in extra))
+        if not regen and "delete" in cfg.edits and old not in self.eos and i + 1 < len(ids):
+            out.append(_Candidate(i, "delete", ids[i + 1 :], old, None))
+        if not regen and "insert" in cfg.edits and len(ids) < cfg.max_new_tokens:
+            for t in tokens + extra:
+                if t != old and t not in self.eos:
+                    out.append(_Candidate(i, "insert", [t] + ids[i:], None, t, exempt=t in extra))
+        return out
+
+    def canonical(self, ids: Sequence[int], i: int) -> bool:
+        """Does the text around position i re-tokenize to the same ids? (local, boundary-safe)"""
+        window = [t for t in ids[max(0, i - 2) : i + 3] if t not in self.eos]
+        if not window:
+            return True
+        tok = self.lm.tokenizer
+        return tok.encode_plain(tok.decode(window, skip_special_tokens=False)) == window
+
+    # -- scoring a group of candidates --------------------------------------------------------
+    def score_group(self, state: _State, cands: list[_Candidate]) -> tuple[float, list[int] | None, _Candidate | None, np.ndarray | None, dict]:
+        """Best (J, ids, candidate, lp, parts) among the candidates; ids None when none finished."""
+        best: tuple[float, list[int] | None, _Candidate | None, np.ndarray | None, dict] = (-math.inf, None, None, None, {})
+        incumbent = state.J
+        for lo in range(0, len(cands), self.cfg.max_rows):
+            best = self._score_rows(state, cands[lo : lo + self.cfg.max_rows], max(incumbent, best[0]), best)
+        return best
+
+    def _score_rows(self, state: _State, cands: list[_Candidate], incumbent: float, best):
+        cfg, lm = self.cfg, self.lm
+        regen = cfg.mode == "regenerate"
+        P = self.prompt_len
+        R = len(cands)
+        prefix_lp = np.concatenate([[0.0], np.cumsum(state.lp)])
+        prefix_ref = np.concatenate([[0.0], np.cumsum(state.ref_lp)]) if state.ref_lp is not None else None
+        tails: list[list[int]] = [[] for _ in range(R)]
+        tail_lp: list[list[float]] = [[] for _ in range(R)]
+        tail_ref: list[list[float]] = [[] for _ in range(R)]
+        pending = [list(c.pending) for c in cands]
+        starts = np.array([c.start for c in cands])
+        next_dist = state.dist[starts]  # (R, vocab): distribution of each row's next token
+        kv, mask = self._stack_prefix(state.kv, P + starts)
+        alive = np.arange(R)  # rows still being extended; their kv/mask/next_dist rows line up
+        finished: list[int] = []
+        can_prune = cfg.prune and self.objective.can_prune()
+        while len(alive):
+            # 1. each alive row's next tokens: given ones first (a chunk in keep mode), then greedy
+            step_tokens = []
+            for j, r in enumerate(alive):
+                if pending[r]:
+                    n = cfg.chunk if not regen else 1
+                    step_tokens.append(pending[r][:n])
+                    del pending[r][:n]
+                else:
+                    step_tokens.append([int(np.argmax(next_dist[j]))])
+            # 2. the first token of each row is scored by the logits we already have
+            first = np.array([t[0] for t in step_tokens])
+            first_lp = gather_logprobs(next_dist, first).astype(np.float64)
+            for j, r in enumerate(alive):
+                tails[r].append(int(first[j]))
+                tail_lp[r].append(float(first_lp[j]))
+                if self.use_ref:
+                    tail_ref[r].extend(self._ref_lp(next_dist[j : j + 1], cands[r].start + len(tails[r]) - 1).tolist())
+            # 3. rows that end here need no forward pass
+            need = []
+            for j, r in enumerate(alive):
+                length = cands[r].start + len(tails[r])
+                ended = tails[r][-1] in self.eos or length >= cfg.max_new_tokens or (not pending[r] and len(step_tokens[j]) == 1 and not regen)
+                if ended and len(step_tokens[j]) == 1:
+                    finished.append(r)
+                else:
+                    need.append(j)
+            if need:
+                idx = np.array(need)
+                rows_tokens = [step_tokens[j] for j in need]
+                width = max(len(t) for t in rows_tokens)
+                tok = np.full((len(need), width), lm.bundle.pad_id, dtype=np.int64)
+                new_mask = np.zeros((len(need), width), dtype=np.int64)
+                for q, t in enumerate(rows_tokens):
+                    tok[q, : len(t)] = t
+                    new_mask[q, : len(t)] = 1
+                sub_kv = kv.rows(idx) if len(idx) != kv.batch else kv
+                full_mask = np.concatenate([mask[idx], new_mask], axis=1)
+                out = lm.forward(tok, sub_kv, full_mask)
+                self.cost.forward_tokens += int(new_mask.sum())
+                self.cost.passes += 1
+                new_next = np.empty((len(need), out.logits.shape[2]), dtype=np.float32)
+                for q, (j, t) in enumerate(zip(need, rows_tokens)):
+                    r = alive[j]
+                    if len(t) > 1:
+                        lps = gather_logprobs(out.logits[q, : len(t) - 1], np.array(t[1:])).astype(np.float64)
+                        tails[r].extend(int(x) for x in t[1:])
+                        tail_lp[r].extend(lps.tolist())
+                        if self.use_ref:
+                            tail_ref[r].extend(self._ref_lp(out.logits[q, : len(t) - 1], cands[r].start + len(tails[r]) - len(t) + 1).tolist())
+                    new_next[q] = out.logits[q, len(t) - 1]
+                # rows that ended on a multi-token chunk
+                keep_q = []
+                for q, j in enumerate(need):
+                    r = alive[j]
+                    length = cands[r].start + len(tails[r])
+                    if tails[r][-1] in self.eos or length >= cfg.max_new_tokens or (not pending[r] and not regen):
+                        finished.append(r)
+                    else:
+                        keep_q.append(q)
+                keep_q_arr = np.array(keep_q, dtype=np.int64)
+                alive = np.array([alive[need[q]] for q in keep_q], dtype=np.int64)
+                kv = out.kv.rows(keep_q_arr) if len(keep_q) != len(need) else out.kv
+                mask = full_mask[keep_q_arr]
+                next_dist = new_next[keep_q_arr]
+            else:
+                alive = np.zeros(0, dtype=np.int64)
+            # 4. judge rows that finished; raise the bar for the rest
+            if finished:
+                best = self._judge_finished(state, cands, finished, tails, tail_lp, tail_ref, best)
+                incumbent = max(incumbent, best[0])
+                finished = []
+            # 5. exact pruning: drop rows whose best possible J cannot beat the incumbent
+            if can_prune and len(alive):
+                lp_sum = np.array([prefix_lp[cands[r].start] + sum(tail_lp[r]) for r in alive])
+                ref_sum = np.array([(prefix_ref[cands[r].start] if prefix_ref is not None else 0.0) + sum(tail_ref[r]) for r in alive])
+                length = np.array([cands[r].start + len(tails[r]) for r in alive], dtype=np.float64)
+                ok = self.objective.upper_bound(lp_sum, ref_sum, length) > incumbent + cfg.tol
+                if not ok.all():
+                    for r in alive[~ok]:
+                        self.cost.pruned += 1
+                        self.cost.tokens_skipped += len(pending[r]) if not regen else cfg.max_new_tokens - cands[r].start - len(tails[r])
+                    keep = np.nonzero(ok)[0]
+                    alive, kv, mask, next_dist = alive[keep], kv.rows(keep), mask[keep], next_dist[keep]
+        return best
+
+    def _judge_finished(self, state, cands, rows, tails, tail_lp, tail_ref, best):
+        ids, lps, refs, keep = [], [], [], []
+        for r in rows:
+            c = cands[r]
+            full = state.ids[: c.start] + tails[r]
+            if not self.canonical(full, c.start) or (c.kind == "delete" and not self.canonical(full, max(0, c.start - 1))):
+                self.cost.noncanonical += 1
+                continue
+            ids.append(full)
+            lps.append(np.concatenate([state.lp[: c.start], tail_lp[r]]))
+            if self.use_ref:
+                refs.append(np.concatenate([state.ref_lp[: c.start], tail_ref[r]])[: len(self.ref_ids)])
+            keep.append(r)
+        if not ids:
+            return best
+        J, parts = self.judge(ids, lps, refs if self.use_ref else None)
+        q = int(np.argmax(J))
+        if J[q] > best[0]:
+            return (float(J[q]), ids[q], cands[keep[q]], lps[q], {k: float(v[q]) for k, v in parts.items()})
+        return best
+
+    def _stack_prefix(self, kv: KVCache, lengths: np.ndarray) -> tuple[KVCache, np.ndarray]:
+        """Per-row prefix caches of different lengths in one batch, right-padded and masked.
+
+        The padding sits between each row's prefix and its new tokens; the attention mask hides it
+        and position ids come from the mask, so every row computes as if unpadded.
+        """
+        width = int(lengths.max())
+        R = len(lengths)
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        if (lengths == width).all():
+            return kv.prefix(width).repeat(R) if R > 1 else kv.prefix(width), mask
+        arrays = []
+        for a in kv.arrays:
+            out = np.zeros((R, a.shape[1], width, a.shape[3]), dtype=a.dtype)
+            for r, n in enumerate(lengths):
+                out[r, :, :n] = a[0, :, :n]
+            arrays.append(out)
+        return KVCache(arrays), mask
+
+    # -- the sweep loop ------------------------------------------------------------------------
+    def run(self, prompt_ids: list[int], y0: list[int]) -> tuple[_State, _State, list[Edit], int, str]:
+        cfg = self.cfg
+        head = self.lm.prefill(prompt_ids)
+        self.cost.forward_tokens += len(prompt_ids)
+        self.cost.passes += 1
+        self.prompt_kv, self.prompt_last, self.prompt_len = head.kv, head.logits[0, -1], len(prompt_ids)
+        state = first = self.build_state(y0)
+        edits: list[Edit] = []
+        t0 = time.perf_counter()
+        stop = "sweeps"
+        sweep = 0
+        for sweep in range(1, cfg.sweeps + 1):
+            accepted = 0
+            order = ORDERS.get(cfg.order)(state, self.rng)
+            visited: set[int] = set()
+            cursor = 0
+            while cursor < len(order):
+                if cfg.budget_seconds is not None and time.perf_counter() - t0 >= cfg.budget_seconds:
+                    return first, state, edits, sweep, "budget-seconds"
+                if cfg.budget_tokens is not None and self.cost.forward_tokens >= cfg.budget_tokens:
+                    return first, state, edits, sweep, "budget-tokens"
+                group = [p for p in order[cursor : cursor + cfg.positions_per_batch] if p < len(state.ids) and p not in visited]
+                cursor += cfg.positions_per_batch
+                visited.update(group)
+                cands = [c for p in group for c in self.proposals(state, p)]
+                self.cost.positions_visited += len(group)
+                if not cands:
+                    continue
+                self.cost.candidates += len(cands)
+                J, ids, cand, lp, parts = self.score_group(state, cands)
+                if ids is not None and J > state.J + cfg.tol:
+                    tok = self.lm.tokenizer
+                    edits.append(Edit(
+                        sweep, cand.start, cand.kind, cand.old_id, cand.new_id,
+                        tok.token_strings([cand.old_id])[0] if cand.old_id is not None else None,
+                        tok.token_strings([cand.new_id])[0] if cand.new_id is not None else None,
+                        J - state.J, J,
+                    ))
+                    state = self.build_state(ids)
+                    accepted += 1
+                    if cfg.order == "l2r":  # positions after the edit saw the old Y: revisit them
+                        visited = {p for p in visited if p <= cand.start}
+            if accepted == 0:
+                stop = "converged"
+                break
+        return first, state, edits, sweep, stop
+
+
+def _output(lm: "LM", state: _State) -> Output:
+    return Output(lm.tokenizer.decode(state.ids), list(state.ids), [float(x) for x in state.lp])
+
+
+def refine(lm: "LM", prompt: str | Sequence[int], cfg: RefineConfig | None = None) -> RefineResult:
+    """Decode Y⁰ (or take cfg.initial) and improve it by coordinate descent on J."""
+    cfg = cfg or RefineConfig()
+    t_start = time.perf_counter()
+    r = _Refiner(lm, prompt if isinstance(prompt, str) else lm.tokenizer.decode(prompt), cfg)
+    prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
+    before = lm.forward_tokens
+    y0 = r.initial_output(prompt_ids)
+    r.cost.initial_forward_tokens = lm.forward_tokens - before
+    r.cost.initial_seconds = time.perf_counter() - t_start
+    r.build_context(r.prompt, len(y0))
+    first, final, edits, sweeps, stop = r.run(prompt_ids, y0)
+    retok = _retokenized(r, final)
+    r.cost.seconds = time.perf_counter() - t_start
+    return RefineResult(
+        prompt=r.prompt,
+        prompt_ids=prompt_ids,
+        initial=_output(lm, first),
+        final=_output(lm, final),
+        objective_before={"total": first.J, **first.parts},
+        objective_after={"total": final.J, **final.parts},
+        final_retokenized=retok,
+        edits=edits,
+        cost=r.cost,
+        sweeps=sweeps,
+        stop_reason=stop,
+        config=_config_dict(cfg),
+    )
+
+
+def _retokenized(r: _Refiner, final: _State) -> dict[str, Any]:
+    """Re-tokenize Y*'s text and recompute J from scratch (fresh pass, no cached state)."""
+    tok = r.lm.tokenizer
+    ids = tok.encode_plain(tok.decode(final.ids))
+    if final.ids and final.ids[-1] in r.eos:
+        ids = ids + [final.ids[-1]]
+    if not ids:
+        return {"ids": [], "same_ids": False, "objective": None}
+    state = r.build_state(ids)
+    return {"ids": ids, "same_ids": ids == final.ids, "objective": {"total": state.J, **state.parts}}
+
+
+def _config_dict(cfg: RefineConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["objectives"] = [o if isinstance(o, str) else asdict(o) for o in cfg.objectives]
+    return d

@@ -1,0 +1,159 @@
+"""Refiner: exact traces on a scripted LM, invariants on a tiny ONNX model, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fakelm import CHARS, table_lm
+from ortrefine.errors import ConfigError, ObjectiveError, UnknownNameError
+from ortrefine.runtime.refine import ORDERS, RefineConfig, refine
+
+TRAP = {"a": {"b": 0.5, "c": 0.4}, "b": {"d": 0.35, "e": 0.33, "f": 0.3}, "c": {"d": 0.9}, "e": {"d": 0.9}}
+
+
+def lp(lm, context: str, nxt: str) -> float:
+    ids = [CHARS.index(c) for c in context]
+    return float(lm.next_logprobs(ids)[CHARS.index(nxt)])
+
+
+def seq_lp(lm, prompt: str, out: str) -> float:
+    return sum(lp(lm, prompt + out[:t], out[t]) for t in range(len(out)))
+
+
+@pytest.mark.parametrize("mode", ["keep", "regenerate"])
+def test_exact_trace_greedy_trap(mode):
+    lm = table_lm(TRAP)
+    r = refine(lm, "a", RefineConfig(mode=mode, top_k=3, max_new_tokens=2))
+    assert r.initial.text == "bd"  # greedy: b (0.5) then d (0.35)
+    assert r.final.text == "cd"  # c (0.4) then d (0.9) is more likely overall
+    assert [(e.position, e.kind, e.old_token, e.new_token) for e in r.edits] == [(0, "substitute", "b", "c")]
+    expected = seq_lp(lm, "a", "cd") - seq_lp(lm, "a", "bd")
+    assert r.edits[0].delta == pytest.approx(expected, abs=1e-5)
+    assert r.objective_after["total"] == pytest.approx(seq_lp(lm, "a", "cd"), abs=1e-5)
+    assert r.final_retokenized["same_ids"] and r.stop_reason == "sweeps"
+
+
+def test_keep_mode_delete():
+    lm = table_lm(TRAP)
+    r = refine(lm, "a", RefineConfig(mode="keep", edits=("delete",), initial="bed", max_new_tokens=3))
+    assert [(e.position, e.kind, e.old_token, e.new_token) for e in r.edits] == [(1, "delete", "e", None)]
+    assert r.final.text == "bd"
+    assert r.edits[0].delta == pytest.approx(seq_lp(lm, "a", "bd") - seq_lp(lm, "a", "bed"), abs=1e-5)
+
+
+def test_keep_mode_insert():
+    lm = table_lm({"a": {"b": 0.5}, "b": {"e": 0.9}, "e": {"d": 0.9}})
+    r = refine(lm, "a", RefineConfig(mode="keep", edits=("insert",), initial="bd", top_k=2, max_new_tokens=3))
+    assert [(e.position, e.kind, e.old_token, e.new_token) for e in r.edits] == [(1, "insert", None, "e")]
+    assert r.final.text == "bed"
+    # the length cap forbids inserting past it
+    r2 = refine(lm, "a", RefineConfig(mode="keep", edits=("insert",), initial="bd", top_k=2, max_new_tokens=2))
+    assert r2.edits == []
+
+
+def test_orders_visit_positions_as_named():
+    lm = table_lm(TRAP)
+    # two independent improvable positions: which is taken first shows the order
+    state = type("S", (), {"ids": [1, 2, 3, 4], "lp": np.array([-1.0, -3.0, -0.5, -2.0])})()
+    rng = np.random.default_rng(0)
+    assert ORDERS.get("l2r")(state, rng) == [0, 1, 2, 3]
+    assert ORDERS.get("r2l")(state, rng) == [3, 2, 1, 0]
+    assert ORDERS.get("worst-first")(state, rng) == [1, 3, 0, 2]
+    assert sorted(ORDERS.get("random")(state, rng)) == [0, 1, 2, 3]
+    for order in ORDERS.names():
+        r = refine(lm, "a", RefineConfig(order=order, mode="keep", top_k=3, max_new_tokens=2, sweeps=3))
+        assert r.final.text == "cd", order
+
+
+def test_random_order_is_seeded():
+    lm = table_lm(TRAP)
+    runs = [refine(lm, "a", RefineConfig(order="random", seed=5, initial="bed", mode="keep", edits=("substitute", "delete"), max_new_tokens=3)) for _ in range(2)]
+    assert runs[0].to_dict()["edits"] == runs[1].to_dict()["edits"]
+    assert runs[0].final.ids == runs[1].final.ids
+
+
+def test_budgets_stop_where_they_should():
+    lm = table_lm(TRAP)
+    r = refine(lm, "a", RefineConfig(mode="keep", top_k=3, max_new_tokens=2, budget_tokens=1))
+    assert r.stop_reason == "budget-tokens" and r.edits == [] and r.final.ids == r.initial.ids
+    r = refine(lm, "a", RefineConfig(mode="keep", top_k=3, max_new_tokens=2, budget_seconds=1e-9))
+    assert r.stop_reason == "budget-seconds" and r.edits == []
+    # a budget that allows the first position but not the second: exactly one group scored
+    r = refine(lm, "a", RefineConfig(mode="keep", top_k=3, max_new_tokens=2, budget_tokens=4))
+    assert r.stop_reason == "budget-tokens" and r.cost.positions_visited == 1
+
+
+def test_convergence_stops_when_nothing_accepted():
+    lm = table_lm(TRAP)
+    r = refine(lm, "a", RefineConfig(mode="regenerate", top_k=3, max_new_tokens=2, sweeps=10))
+    assert r.stop_reason == "converged" and r.sweeps == 2 and len(r.edits) == 1
+
+
+# -- bad input -------------------------------------------------------------------------------
+def raises_value_error(pairs):
+    raise ValueError("boom")
+
+
+def returns_nan(pairs):
+    return [math.nan] * len(pairs)
+
+
+def returns_short(pairs):
+    return [1.0]
+
+
+def text_length(pairs):
+    return [float(len(t)) for _, t in pairs]
+
+
+@pytest.mark.parametrize("spec,err,match", [
+    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: coverage, length, logprob"),
+    ("logprob=nan", ConfigError, "finite"),
+    ("logprob=-1", ConfigError, "negative weight"),
+    ("coverage=abc", ConfigError, "not a number"),
+    ("mean-logprob:alpha=-2", ConfigError, "alpha"),
+    ("reward=nomodule_xyz:f", ConfigError, "cannot load reward function"),
+    ("reward=test_refine:raises_value_error", ObjectiveError, "reward function test_refine:raises_value_error raised ValueError: boom"),
+    ("reward=test_refine:returns_nan", ObjectiveError, "NaN"),
+    ("reward=test_refine:returns_short", ObjectiveError, "returned 1 values for 1 texts|returned 1 values"),
+])
+def test_bad_objectives(spec, err, match):
+    lm = table_lm(TRAP)
+    with pytest.raises(err, match=match):
+        refine(lm, "a", RefineConfig(objectives=["logprob", spec], top_k=3, max_new_tokens=2))
+
+
+def test_reward_wrong_length_named():
+    lm = table_lm(TRAP)
+    with pytest.raises(ObjectiveError, match=r"returned 1 values for \d+ texts; return one float per text"):
+        refine(lm, "a", RefineConfig(objectives=["reward=test_refine:returns_short"], mode="keep", top_k=3, max_new_tokens=2, prune=False))
+
+
+def test_reward_function_drives_refinement():
+    lm = table_lm(TRAP)
+    r = refine(lm, "a", RefineConfig(objectives=["reward=test_refine:text_length"], mode="keep", edits=("insert",), initial="bd", top_k=3, max_new_tokens=3))
+    assert len(r.final.text) == 3 and r.objective_after["reward"] == 3.0
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(initial="   "), "--initial text is empty"),
+    (dict(budget_seconds=0), "budget-seconds must be > 0"),
+    (dict(budget_tokens=-5), "budget-tokens must be > 0"),
+    (dict(top_k=0), "top-k"),
+    (dict(mode="frozen"), "unknown mode"),
+    (dict(edits=("swap",)), "unknown edit kind"),
+    (dict(sweeps=0), "sweeps must be >= 1"),
+])
+def test_bad_config(kw, match):
+    with pytest.raises((ConfigError, UnknownNameError), match=match):
+        RefineConfig(**kw)
+
+
+def test_unknown_order_lists_known():
+    with pytest.raises(UnknownNameError, match="known: l2r, r2l, random, worst-first"):
+        RefineConfig(order="zigzag")
