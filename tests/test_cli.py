@@ -64,3 +64,43 @@ def test_doctor_reports_session_provider(tiny_bundles):
     assert r.exit_code == 0, r.output
     assert "available providers:" in r.output
     assert "session provider: cpu (asked: cpu" in r.output
+
+
+def test_refine_json_trace(tiny_bundles):
+    r = invoke("refine", "Once upon a time", "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "6",
+               "--objective", "logprob", "--objective", "repetition=1.0", "--mode", "keep", "--top-k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    for key in ("initial", "final", "objective_before", "objective_after", "edits", "cost"):
+        assert key in data
+    assert set(data["objective_before"]) == {"total", "logprob", "repetition"}
+    assert data["objective_after"]["total"] >= data["objective_before"]["total"]
+    assert data["initial"]["ids"] and isinstance(data["final"]["text"], str)
+    assert data["cost"]["forward_tokens"] > 0
+
+
+def test_refine_human_output(tiny_bundles):
+    r = invoke("refine", "Once upon a time", "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "6", "--top-k", "2")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("Y⁰: ") and lines[1].startswith("Y*: ")
+    assert any(line.startswith("logprob") for line in lines)
+    assert "forward tokens" in lines[-1] or "forward tokens" in lines[-2]
+
+
+def test_refine_errors(tiny_bundles):
+    m = str(tiny_bundles["llama"])
+    cases = [
+        (["refine", "x", "-m", m, "--objective", "bogus"], 1, "Error: unknown objective 'bogus'; known:"),
+        (["refine", "x", "-m", m, "--objective", "logprob=nan"], 2, "weight must be a finite number"),
+        (["refine", "x", "-m", m, "--budget-seconds", "0"], 2, "budget-seconds must be > 0"),
+        (["refine", "x", "-m", m, "--initial", ""], 2, "--initial text is empty"),
+        (["refine", "x", "-m", m, "--top-k", "0"], 2, "Invalid value for '--top-k'"),
+        (["refine", "x", "-m", m, "--objective", "reward=test_refine:raises_value_error"], 1,
+         "Error: reward function test_refine:raises_value_error raised ValueError: boom"),
+    ]
+    for args, code, text in cases:
+        r = invoke(*args)
+        assert r.exit_code == code, (args, r.output)
+        assert text in r.output, (args, r.output)
+        assert "Traceback" not in r.output

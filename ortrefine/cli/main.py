@@ -14,18 +14,21 @@ from typing import Any, Callable
 
 import click
 
-from ortrefine.errors import OrtRefineError
+from ortrefine.errors import ConfigError, OrtRefineError
 
 DEFAULT_MODEL = "smollm2-135m"
 
 
 def domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into `Error: <message>` and exit 1, never a traceback."""
+    """Turn library errors into `Error: <message>` and exit 1 (invalid option values: exit 2),
+    never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except ConfigError as e:
+            raise click.UsageError(str(e)) from None
         except OrtRefineError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:

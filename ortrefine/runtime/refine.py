@@ -568,8 +568,9 @@ class _Refiner:
                     ))
                     state = self.build_state(ids)
                     accepted += 1
-                    if cfg.order == "l2r":  # positions after the edit saw the old Y: revisit them
+                    if cfg.order == "l2r":  # positions after the edit saw the old Y: continue right after it
                         visited = {p for p in visited if p <= cand.start}
+                        cursor = cand.start + 1
             if accepted == 0:
                 stop = "converged"
                 break

@@ -1,0 +1,115 @@
+"""`ortrefine refine`: decode Y⁰, improve it by coordinate descent, show before/after."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import click
+
+from ortrefine.cli.main import domain_errors, load_lm, model_options
+
+
+def _top_k(value: str) -> int | None:
+    if value.lower() == "all":
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a whole number or 'all'") from None
+    if k < 1:
+        raise click.BadParameter("must be >= 1 or 'all'")
+    return k
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def highlight(tokens_a: list[str], ids_a: list[int], tokens_b: list[str], ids_b: list[int]) -> tuple[str, str]:
+    """Y⁰ with removed tokens in red, Y* with new tokens in green (by token-level diff)."""
+    a, b = [], []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=ids_a, b=ids_b, autojunk=False).get_opcodes():
+        if op == "equal":
+            a.append("".join(tokens_a[i1:i2]))
+            b.append("".join(tokens_b[j1:j2]))
+        else:
+            a.append(click.style("".join(tokens_a[i1:i2]), fg="red", bold=True))
+            b.append(click.style("".join(tokens_b[j1:j2]), fg="green", bold=True))
+    return "".join(a), "".join(b)
+
+
+def render(result: Any, tokenizer: Any) -> str:
+    ini, fin = result.initial, result.final
+    show = lambda ids: [t for t in tokenizer.token_strings(ids)]  # noqa: E731
+    a, b = highlight(show(ini.ids), ini.ids, show(fin.ids), fin.ids)
+    lines = [f"Y⁰: {a}", f"Y*: {b}", "", f"{'term':<14}{'before':>12}{'after':>12}{'gain':>10}"]
+    for key in result.objective_before:
+        x, y = result.objective_before[key], result.objective_after[key]
+        lines.append(f"{key:<14}{x:>12.3f}{y:>12.3f}{y - x:>+10.3f}")
+    lines.append("")
+    for e in result.edits:
+        lines.append(f"edit: sweep {e.sweep} pos {e.position} {e.kind} {e.old_token!r} → {e.new_token!r}  ΔJ {e.delta:+.3f}")
+    c = result.cost
+    lines.append(
+        f"sweeps {result.sweeps} ({result.stop_reason}), edits {len(result.edits)}, forward tokens {c.forward_tokens} "
+        f"(+{c.initial_forward_tokens} initial), candidates {c.candidates} (pruned {c.pruned}, "
+        f"{c.tokens_skipped} tokens skipped), {c.seconds:.2f}s"
+    )
+    if not result.final_retokenized.get("same_ids", True):
+        lines.append(f"note: Y*'s text re-tokenizes differently; J recomputed on it: {result.final_retokenized['objective']['total']:.3f}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("prompt")
+@model_options
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--system", default=None, help="System message for --chat.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True,
+              help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, coverage, reference, reward).")
+@click.option("--keywords", default=None, help="Comma-separated keywords for the coverage term.")
+@click.option("--reference", default=None, help="Reference text for the reference term.")
+@click.option("--mode", type=click.Choice(["regenerate", "keep"]), default="regenerate", show_default=True)
+@click.option("--top-k", default="4", show_default=True, callback=lambda ctx, param, value: _top_k(value), help="Proposals per position, or 'all' for the whole vocabulary.")
+@click.option("--min-prob", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--edits", default="substitute", show_default=True, help="Comma-separated: substitute,insert,delete.")
+@click.option("--order", type=click.Choice(["l2r", "r2l", "random", "worst-first"]), default="l2r", show_default=True)
+@click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--positions-per-batch", type=click.IntRange(min=1), default=None, help="Positions scored together (default: the config's).")
+@click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--budget-seconds", type=float, default=None, help="Stop once this much wall time is spent.")
+@click.option("--budget-tokens", type=int, default=None, help="Stop once this many tokens were scored.")
+@click.option("--no-prune", is_flag=True, help="Score every candidate to the end (for measuring what pruning saves).")
+@click.option("--initial", default=None, help="Refine this text instead of decoding Y⁰.")
+@click.option("--initial-strategy", type=click.Choice(["greedy", "sample", "beam"]), default="greedy", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole trace as JSON.")
+@domain_errors
+def refine(prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None, keywords: str | None,
+           edits: str, initial_strategy: str, positions_per_batch: int | None, no_prune: bool, **kw: Any) -> None:
+    """Decode PROMPT's output, then improve it against the objective."""
+    from ortrefine.runtime.decoding import GenerationConfig
+    from ortrefine.runtime.refine import RefineConfig, refine as run
+
+    extra = {} if positions_per_batch is None else {"positions_per_batch": positions_per_batch}
+    cfg = RefineConfig(
+        objectives=list(kw.pop("objectives")), keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
+        initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
+        prune=not no_prune, **extra, **kw,
+    )
+    lm = load_lm(model, provider, threads)
+    if cfg.top_k is None:
+        v, n = lm.vocab_size, cfg.max_new_tokens
+        click.echo(f"--top-k all: up to {v} candidates at each of {n} positions, about {v * n * (n + 1) // 2:,} "
+                   "suffix tokens per sweep before pruning", err=True)
+    result = run(lm, prompt, cfg)
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "provider": lm.provider, "model": str(lm.bundle.path)}))
+    else:
+        click.echo(render(result, lm.tokenizer))
+
+
+commands = [refine]
