@@ -84,7 +84,7 @@ def test_budgets_stop_where_they_should():
     r = refine(lm, "a", RefineConfig(mode="keep", top_k=3, max_new_tokens=2, budget_seconds=1e-9))
     assert r.stop_reason == "budget-seconds" and r.edits == []
     # a budget that allows the first position but not the second: exactly one group scored
-    r = refine(lm, "a", RefineConfig(mode="keep", top_k=3, max_new_tokens=2, budget_tokens=4))
+    r = refine(lm, "a", RefineConfig(mode="keep", top_k=3, max_new_tokens=2, budget_tokens=4, positions_per_batch=1))
     assert r.stop_reason == "budget-tokens" and r.cost.positions_visited == 1
 
 

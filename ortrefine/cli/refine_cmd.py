@@ -73,12 +73,15 @@ def render(result: Any, tokenizer: Any) -> str:
 @click.option("--keywords", default=None, help="Comma-separated keywords for the coverage term.")
 @click.option("--reference", default=None, help="Reference text for the reference term.")
 @click.option("--mode", type=click.Choice(["regenerate", "keep"]), default="regenerate", show_default=True)
-@click.option("--top-k", default="4", show_default=True, callback=lambda ctx, param, value: _top_k(value), help="Proposals per position, or 'all' for the whole vocabulary.")
+@click.option("--top-k", default="3", show_default=True, callback=lambda ctx, param, value: _top_k(value), help="Proposals per position, or 'all' for the whole vocabulary.")
 @click.option("--min-prob", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--edits", default="substitute", show_default=True, help="Comma-separated: substitute,insert,delete.")
 @click.option("--order", type=click.Choice(["l2r", "r2l", "random", "worst-first"]), default="l2r", show_default=True)
 @click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--positions-per-batch", type=click.IntRange(min=1), default=None, help="Positions scored together (default: the config's).")
+@click.option("--positions-per-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Positions whose candidates are scored in one batch; the best edit among them is accepted.")
+@click.option("--draft", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Regenerate: tokens drafted from the incumbent and verified per pass (exact).")
 @click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--budget-seconds", type=float, default=None, help="Stop once this much wall time is spent.")
@@ -89,16 +92,15 @@ def render(result: Any, tokenizer: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole trace as JSON.")
 @domain_errors
 def refine(prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None, keywords: str | None,
-           edits: str, initial_strategy: str, positions_per_batch: int | None, no_prune: bool, **kw: Any) -> None:
+           edits: str, initial_strategy: str, no_prune: bool, **kw: Any) -> None:
     """Decode PROMPT's output, then improve it against the objective."""
     from ortrefine.runtime.decoding import GenerationConfig
     from ortrefine.runtime.refine import RefineConfig, refine as run
 
-    extra = {} if positions_per_batch is None else {"positions_per_batch": positions_per_batch}
     cfg = RefineConfig(
         objectives=list(kw.pop("objectives")), keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
-        prune=not no_prune, **extra, **kw,
+        prune=not no_prune, **kw,
     )
     lm = load_lm(model, provider, threads)
     if cfg.top_k is None:

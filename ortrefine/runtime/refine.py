@@ -80,6 +80,8 @@ class RefineConfig:
     budget_seconds / budget_tokens: stop before the next batch once spent (None: no limit).
     prune: drop candidates whose exact upper bound falls to the incumbent's J.
     chunk: keep mode: suffix tokens scored per pass between pruning checks.
+    draft: regenerate mode: tokens drafted from the incumbent and verified per pass (exact: kept
+        only where they equal the greedy choice); 0 decodes one token per pass.
     max_rows: candidates per forward pass (memory bound for top_k=None).
     max_new_tokens: length cap of Y⁰ and of every candidate.
     chat / system: wrap the prompt in the chat template.
@@ -91,18 +93,19 @@ class RefineConfig:
     keywords: tuple[str, ...] = ()
     reference: str | None = None
     mode: str = "regenerate"
-    top_k: int | None = 4
+    top_k: int | None = 3
     min_prob: float = 0.0
     edits: tuple[str, ...] = ("substitute",)
     order: str = "l2r"
     sweeps: int = 1
-    positions_per_batch: int = 1
+    positions_per_batch: int = 8
     tol: float = 1e-6
     seed: int = 0
     budget_seconds: float | None = None
     budget_tokens: int | None = None
     prune: bool = True
     chunk: int = 8
+    draft: int = 0
     max_rows: int = 64
     max_new_tokens: int = 32
     chat: bool = False
@@ -124,6 +127,8 @@ class RefineConfig:
         for name in ("sweeps", "positions_per_batch", "chunk", "max_rows", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.draft < 0:
+            raise ConfigError(f"draft must be >= 0, got {self.draft}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top-k must be >= 1 or 'all', got {self.top_k}")
         if not (0 <= self.min_prob < 1):
@@ -170,7 +175,9 @@ class Cost:
     candidates: candidate sequences proposed; pruned: dropped by the exact bound before finishing.
     tokens_skipped: suffix tokens not computed thanks to pruning (regenerate: counted to the
         length cap, an upper estimate). noncanonical: candidates dropped because their text
-        re-tokenizes differently. passes: forward passes. initial_seconds / seconds: wall time.
+        re-tokenizes differently. passes: forward passes. draft_tokens / draft_accepted: regenerate
+    mode's tokens drafted from the incumbent and verified, and how many were the greedy choice.
+    initial_seconds / seconds: wall time.
     """
 
     forward_tokens: int = 0
@@ -180,6 +187,8 @@ class Cost:
     noncanonical: int = 0
     passes: int = 0
     positions_visited: int = 0
+    draft_tokens: int = 0
+    draft_accepted: int = 0
     initial_forward_tokens: int = 0
     initial_seconds: float = 0.0
     seconds: float = 0.0
@@ -404,13 +413,17 @@ class _Refiner:
         while len(alive):
             # 1. each alive row's next tokens: given ones first (a chunk in keep mode), then greedy
             step_tokens = []
+            cands_pending_given = {}
             for j, r in enumerate(alive):
+                cands_pending_given[r] = bool(pending[r])
                 if pending[r]:
                     n = cfg.chunk if not regen else 1
                     step_tokens.append(pending[r][:n])
                     del pending[r][:n]
-                else:
-                    step_tokens.append([int(np.argmax(next_dist[j]))])
+                else:  # greedy token, plus tokens drafted from the incumbent to verify in the same pass
+                    g = int(np.argmax(next_dist[j]))
+                    room = cfg.max_new_tokens - cands[r].start - len(tails[r]) - 1
+                    step_tokens.append([g] + self._draft(state.ids, cands[r].start, tails[r] + [g], min(room, cfg.draft)))
             # 2. the first token of each row is scored by the logits we already have
             first = np.array([t[0] for t in step_tokens])
             first_lp = gather_logprobs(next_dist, first).astype(np.float64)
@@ -438,6 +451,7 @@ class _Refiner:
                     tok[q, : len(t)] = t
                     new_mask[q, : len(t)] = 1
                 sub_kv = kv.rows(idx) if len(idx) != kv.batch else kv
+                past_width = mask.shape[1]
                 full_mask = np.concatenate([mask[idx], new_mask], axis=1)
                 out = lm.forward(tok, sub_kv, full_mask)
                 self.cost.forward_tokens += int(new_mask.sum())
@@ -445,13 +459,21 @@ class _Refiner:
                 new_next = np.empty((len(need), out.logits.shape[2]), dtype=np.float32)
                 for q, (j, t) in enumerate(zip(need, rows_tokens)):
                     r = alive[j]
-                    if len(t) > 1:
-                        lps = gather_logprobs(out.logits[q, : len(t) - 1], np.array(t[1:])).astype(np.float64)
-                        tails[r].extend(int(x) for x in t[1:])
+                    a = len(t) - 1  # given tokens are all kept; drafted ones only while they are the greedy choice
+                    if regen and not cands_pending_given[r]:
+                        self.cost.draft_tokens += len(t) - 1
+                        a = 0
+                        while a < len(t) - 1 and t[a] not in self.eos and int(np.argmax(out.logits[q, a])) == t[a + 1]:
+                            a += 1
+                        self.cost.draft_accepted += a
+                        full_mask[q, past_width + 1 + a :] = 0  # rejected drafts stay in the cache, masked out
+                    if a:
+                        lps = gather_logprobs(out.logits[q, :a], np.array(t[1 : 1 + a])).astype(np.float64)
+                        tails[r].extend(int(x) for x in t[1 : 1 + a])
                         tail_lp[r].extend(lps.tolist())
                         if self.use_ref:
-                            tail_ref[r].extend(self._ref_lp(out.logits[q, : len(t) - 1], cands[r].start + len(tails[r]) - len(t) + 1).tolist())
-                    new_next[q] = out.logits[q, len(t) - 1]
+                            tail_ref[r].extend(self._ref_lp(out.logits[q, :a], cands[r].start + len(tails[r]) - a).tolist())
+                    new_next[q] = out.logits[q, a]
                 # rows that ended on a multi-token chunk
                 keep_q = []
                 for q, j in enumerate(need):
@@ -507,6 +529,32 @@ class _Refiner:
         if J[q] > best[0]:
             return (float(J[q]), ids[q], cands[keep[q]], lps[q], {k: float(v[q]) for k, v in parts.items()})
         return best
+
+    def _draft(self, y: list[int], start: int, seq: list[int], room: int) -> list[int]:
+        """Tokens the incumbent Y has after the latest token of `seq` (prompt-lookup drafting).
+
+        Regenerated suffixes usually fall back into Y's words after the edit; verifying Y's next
+        tokens in the same pass costs one batched forward instead of one step per token, and is
+        exact: a drafted token is kept only where it equals the greedy choice.
+        """
+        if room <= 0 or seq[-1] in self.eos:
+            return []
+        last, prev = seq[-1], (seq[-2] if len(seq) > 1 else (y[start - 1] if start > 0 else None))
+        here = start + len(seq) - 1
+        best, best_key = None, None
+        for p in range(len(y) - 1):
+            if y[p] != last:
+                continue
+            key = (p > 0 and y[p - 1] == prev, -abs(p - here))
+            if best_key is None or key > best_key:
+                best, best_key = p, key
+        if best is None:
+            return []
+        draft = y[best + 1 : best + 1 + room]
+        for k, t in enumerate(draft):
+            if t in self.eos:
+                return draft[: k + 1]
+        return draft
 
     def _stack_prefix(self, kv: KVCache, lengths: np.ndarray) -> tuple[KVCache, np.ndarray]:
         """Per-row prefix caches of different lengths in one batch, right-padded and masked.
