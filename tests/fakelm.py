@@ -40,7 +40,7 @@ class FakeLM(LM):
 
     def __init__(self, next_logprobs: Callable[[list[int]], np.ndarray], context_length: int = 64) -> None:
         self.next_logprobs = next_logprobs
-        self.bundle = SimpleNamespace(pad_id=0, eos_ids=(0,), context_length=context_length, path="fake")
+        self.bundle = SimpleNamespace(pad_id=0, eos_ids=(0,), context_length=context_length, path="fake", manifest={})
         self.tokenizer = CharTokenizer()
         self.provider = "fake"
         self.forward_tokens = 0

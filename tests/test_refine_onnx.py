@@ -143,3 +143,24 @@ def test_reference_term_scores_reference_along_prefixes(tiny):
     manual = sum(float(lm.score(p + y0[:t], [[r_ids[t]]]).totals[0]) for t in range(n)) / len(r_ids)
     assert res.objective_before["reference"] == pytest.approx(manual, abs=1e-4)
     assert res.objective_after["total"] >= res.objective_before["total"]
+
+
+def test_batch_dependent_bundle_scores_one_by_one(tiny_bundles, tmp_path):
+    """A bundle marked batch_invariant=false (dynamic int8) never batches candidates."""
+    import json
+    import shutil
+
+    import ortrefine
+
+    b = shutil.copytree(tiny_bundles["llama"], tmp_path / "dyn")
+    manifest = json.loads((b / "ortrefine.json").read_text())
+    manifest["batch_invariant"] = False
+    (b / "ortrefine.json").write_text(json.dumps(manifest))
+    lm_dyn, lm = ortrefine.load(b, provider="cpu"), ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    cfg = RefineConfig(top_k=3, max_new_tokens=8)
+    seen = []
+    original = lm_dyn.forward
+    lm_dyn.forward = lambda ids, *a, **k: (seen.append(ids.shape[0]), original(ids, *a, **k))[1]
+    a, b_ = refine(lm_dyn, "Once upon", cfg), refine(lm, "Once upon", cfg)
+    assert a.config["max_rows"] == 1 and max(seen) == 1
+    assert a.final.ids == b_.final.ids  # fp32 underneath: same answer, just unbatched

@@ -16,6 +16,7 @@ Pruning is exact: LM terms only fall as tokens are added, so a candidate whose u
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from ortrefine.runtime.session import KVCache
 if TYPE_CHECKING:
     from ortrefine.runtime.session import LM
 
+log = logging.getLogger(__name__)
 MODES = ("keep", "regenerate")
 EDIT_KINDS = ("substitute", "insert", "delete")
 
@@ -632,6 +634,13 @@ def _output(lm: "LM", state: _State) -> Output:
 def refine(lm: "LM", prompt: str | Sequence[int], cfg: RefineConfig | None = None) -> RefineResult:
     """Decode Y⁰ (or take cfg.initial) and improve it by coordinate descent on J."""
     cfg = cfg or RefineConfig()
+    if not lm.bundle.manifest.get("batch_invariant", True) and cfg.max_rows > 1:
+        # dynamic int8 quantizes activations with one scale per batch: a candidate's score would
+        # depend on its batch-mates, so candidates are scored one by one on such bundles
+        from dataclasses import replace
+
+        log.warning("%s is not batch-invariant (dynamic quantization): scoring candidates one at a time", lm.bundle.path)
+        cfg = replace(cfg, max_rows=1)
     t_start = time.perf_counter()
     r = _Refiner(lm, prompt if isinstance(prompt, str) else lm.tokenizer.decode(prompt), cfg)
     prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
