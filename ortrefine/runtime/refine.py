@@ -668,6 +668,17 @@ def refine(lm: "LM", prompt: str | Sequence[int], cfg: RefineConfig | None = Non
     )
 
 
+def evaluate_objective(lm: "LM", prompt: str, output_ids: Sequence[int], cfg: RefineConfig) -> dict[str, float]:
+    """J and every term of an output under `lm` (e.g. a judge bundle), from one fresh pass."""
+    r = _Refiner(lm, prompt, cfg)
+    prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
+    r.build_context(prompt, len(output_ids))
+    head = lm.prefill(prompt_ids)
+    r.prompt_kv, r.prompt_last, r.prompt_len = head.kv, head.logits[0, -1], len(prompt_ids)
+    state = r.build_state(list(output_ids))
+    return {"total": state.J, **state.parts}
+
+
 def _retokenized(r: _Refiner, final: _State) -> dict[str, Any]:
     """Re-tokenize Y*'s text and recompute J from scratch (fresh pass, no cached state)."""
     tok = r.lm.tokenizer

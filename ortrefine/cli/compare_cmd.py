@@ -1,0 +1,46 @@
+"""`ortrefine compare`: the same prompts through several bundles, judged by one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ortrefine.cli.main import domain_errors
+
+
+@click.command()
+@click.argument("bundles", nargs=-1, required=True)
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help="JSONL: prompt, optional kind/chat, keywords, reference.")
+@click.option("--judge", default=None, help="Bundle whose log-probs judge every output (default: the first bundle).")
+@click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path))
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True)
+@click.option("--mode", type=click.Choice(["regenerate", "keep"]), default="regenerate", show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--positions-per-batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@domain_errors
+def compare(bundles: tuple[str, ...], prompts_file: Path, judge: str | None, out: Path, limit: int | None,
+            provider: str, threads: int | None, objectives: tuple[str, ...], **kw: Any) -> None:
+    """Refine the same prompts with every bundle and judge the outputs with one bundle."""
+    from ortrefine.runtime.compare import compare as run, markdown_table, read_prompts, write_report
+    from ortrefine.runtime.refine import RefineConfig
+
+    prompts = read_prompts(prompts_file)[:limit]
+    cfg = RefineConfig(objectives=list(objectives), **kw)
+    judge = judge or bundles[0]
+    with click.progressbar(length=len(prompts) * len(bundles), label="compare", file=click.get_text_stream("stderr")) as bar:
+        rows = run(bundles, prompts, judge, cfg, provider=provider, threads=threads, progress=bar.update)
+    meta = {"judge": judge, "prompts": str(prompts_file), "n_prompts": len(prompts),
+            "config_short": {"objectives": list(objectives), **kw}}
+    files = write_report(rows, out, meta)
+    click.echo(markdown_table(rows))
+    click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+commands = [compare]
