@@ -5,6 +5,10 @@
 
 from ortrefine.errors import OrtRefineError
 from ortrefine.runtime import GenerationConfig, GenerationResult, LM, load, open_bundle
+from ortrefine.runtime.refine import RefineConfig, RefineResult, refine
 
 __version__ = "0.1.0"
-__all__ = ["OrtRefineError", "GenerationConfig", "GenerationResult", "LM", "load", "open_bundle", "__version__"]
+__all__ = [
+    "OrtRefineError", "GenerationConfig", "GenerationResult", "LM", "load", "open_bundle",
+    "RefineConfig", "RefineResult", "refine", "__version__",
+]

@@ -20,6 +20,7 @@ import json, sys, ortrefine
 lm = ortrefine.load({str(tiny_bundles['llama'])!r}, provider='cpu')
 out = lm.generate('Once upon a time', max_new_tokens=4)
 lm.score(out.prompt_ids, [out.ids])
+ortrefine.refine(lm, 'Once upon a time', ortrefine.RefineConfig(max_new_tokens=4, objectives=['logprob', 'coverage'], keywords=('dog',)))
 print(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))
 """
     assert run_py(code) == {m: False for m in HEAVY}
