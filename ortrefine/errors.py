@@ -41,6 +41,10 @@ class ExportError(OrtRefineError):
     """Export or quantization failed; no bundle was written."""
 
 
+class QualityGateError(ExportError):
+    """A quantized graph strays too far from its parent on the built-in texts; nothing was written."""
+
+
 class ValidationError(ExportError):
     """The exported graph disagrees with its reference beyond tolerance."""
 
