@@ -31,42 +31,53 @@ _ORT_DTYPES = {
 }
 
 
+def _shape(a: "np.ndarray | ort.OrtValue") -> tuple[int, ...]:
+    return tuple(a.shape()) if isinstance(a, ort.OrtValue) else a.shape
+
+
+def _host(a: "np.ndarray | ort.OrtValue") -> np.ndarray:
+    """A device-resident (CUDA) tensor copied to numpy; numpy arrays pass through."""
+    return a.numpy() if isinstance(a, ort.OrtValue) else a
+
+
 @dataclass
 class KVCache:
     """Past keys/values of a batch, one array per `past_key_values.*` input of the graph.
 
     arrays[j]: (batch, kv_heads, length, head_dim) in the graph's float dtype. Rows are
     sequences; slicing `length` gives the cache of every prefix for free (DESIGN.md, Scoring).
+    On CUDA the arrays are OrtValues that stay on the device while the cache is only fed back
+    (decoding); slicing or row selection copies them to the host first.
     """
 
-    arrays: list[np.ndarray]
+    arrays: list
 
     @property
     def length(self) -> int:
-        return int(self.arrays[0].shape[2])
+        return int(_shape(self.arrays[0])[2])
 
     @property
     def batch(self) -> int:
-        return int(self.arrays[0].shape[0])
+        return int(_shape(self.arrays[0])[0])
 
     def prefix(self, length: int) -> "KVCache":
         """Cache of the first `length` positions (views, no copy)."""
-        return KVCache([a[:, :, :length] for a in self.arrays])
+        return KVCache([_host(a)[:, :, :length] for a in self.arrays])
 
     def rows(self, index: np.ndarray | Sequence[int]) -> "KVCache":
         """Select / reorder / repeat rows (beam reordering, broadcasting one prefix to K rows)."""
         idx = np.asarray(index, dtype=np.int64)
-        return KVCache([a[idx] for a in self.arrays])
+        return KVCache([_host(a)[idx] for a in self.arrays])
 
     def repeat(self, n: int) -> "KVCache":
         if self.batch == n:
             return self
         if self.batch != 1:
             raise ValueError(f"can only broadcast a batch-1 cache, got batch {self.batch}")
-        return KVCache([np.repeat(a, n, axis=0) for a in self.arrays])
+        return KVCache([np.repeat(_host(a), n, axis=0) for a in self.arrays])
 
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays)
+    def on_device(self) -> bool:
+        return any(isinstance(a, ort.OrtValue) for a in self.arrays)
 
 
 @dataclass
@@ -138,6 +149,7 @@ class LM:
     def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
         self.bundle = bundle
         self.session, self.provider = make_session(bundle.model_file, provider, threads)
+        self.use_io_binding = self.provider == "cuda"
         self._read_interface()
         self.tokenizer = TextTokenizer.from_files(
             str(bundle.path / "tokenizer.json"),
@@ -210,12 +222,32 @@ class LM:
             pos = np.cumsum(attention_mask, axis=1) - 1
             pos[attention_mask == 0] = 1
             feed["position_ids"] = np.ascontiguousarray(pos[:, -new:]).astype(self.input_dtypes["position_ids"], copy=False)
+        self.forward_tokens += batch * new
+        if self.use_io_binding:
+            return self._forward_io_binding(feed, past)
         for name, arr in zip(self.past_names, past.arrays):
             feed[name] = np.ascontiguousarray(arr)
         outs = self.session.run(self.output_names, feed)
-        self.forward_tokens += batch * new
         logits = outs[0] if outs[0].dtype == np.float32 else outs[0].astype(np.float32)
         return ForwardOutput(logits=logits, kv=KVCache(list(outs[1:])))
+
+    def _forward_io_binding(self, feed: dict[str, np.ndarray], past: KVCache) -> ForwardOutput:
+        """CUDA: logits come back to the host, the present KV stays on the device for the next step."""
+        binding = self.session.io_binding()
+        for name, arr in feed.items():
+            binding.bind_cpu_input(name, arr)
+        for name, arr in zip(self.past_names, past.arrays):
+            if isinstance(arr, ort.OrtValue):
+                binding.bind_ortvalue_input(name, arr)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+        binding.bind_output("logits")
+        for name in self.present_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        logits = outs[0].numpy()
+        return ForwardOutput(logits=logits.astype(np.float32, copy=False), kv=KVCache(list(outs[1:])))
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[int], chat: bool = False, max_new_tokens: int = 0, system: str | None = None) -> list[int]:
