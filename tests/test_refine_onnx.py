@@ -58,8 +58,7 @@ def test_converged_keep_refinement_is_coordinatewise_optimal(tiny, objectives):
     r = _Refiner(lm, "The quick fox", cfg)
     prompt_ids = res.prompt_ids
     r.build_context("The quick fox", len(res.initial.ids))
-    head = lm.prefill(prompt_ids)
-    r.prompt_kv, r.prompt_last, r.prompt_len = head.kv, head.logits[0, -1], len(prompt_ids)
+    r.start(prompt_ids)
     best_edit, J = brute_force_best(lm, r, prompt_ids, res.final.ids, cfg)
     assert J == pytest.approx(res.objective_after["total"], abs=1e-4)
     assert best_edit <= J + 1e-4

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ortrefine.cli.main import domain_errors
+from ortrefine.cli.common import domain_errors
 
 
 @click.command()

@@ -6,7 +6,6 @@ Heavy imports (torch, optimum) happen only inside the commands that need them.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -14,35 +13,8 @@ from typing import Any, Callable
 
 import click
 
-from ortrefine.errors import ConfigError, OrtRefineError
 
-DEFAULT_MODEL = "smollm2-135m"
-
-
-def domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into `Error: <message>` and exit 1 (invalid option values: exit 2),
-    never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as e:
-            raise click.UsageError(str(e)) from None
-        except OrtRefineError as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted; nothing was written") from None
-
-    return wrapper
-
-
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")(fn)
-    fn = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                      help="Execution provider; `cuda` fails when CUDA is unavailable instead of falling back.")(fn)
-    fn = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Bundle folder or catalog name.")(fn)
-    return fn
+from ortrefine.cli.common import DEFAULT_MODEL, domain_errors, load_lm, model_options  # noqa: F401  (re-exported)
 
 
 def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,12 +46,6 @@ def generation_config(kw: dict[str, Any]):
         top_k=kw.pop("top_k"), top_p=kw.pop("top_p"), seed=kw.pop("seed"), num_beams=kw.pop("num_beams"),
         length_penalty=kw.pop("length_penalty"), early_stopping=es, stop=tuple(kw.pop("stop")),
     )
-
-
-def load_lm(model: str, provider: str, threads: int | None):
-    import ortrefine
-
-    return ortrefine.load(model, provider=provider, threads=threads)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ortrefine.cli.main import domain_errors
+from ortrefine.cli.common import domain_errors
 from ortrefine.export.quality import GateConfig  # numpy only: no torch, no onnx
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ortrefine.cli.main import domain_errors, load_lm, model_options
+from ortrefine.cli.common import domain_errors, load_lm, model_options
 
 
 def _top_k(value: str) -> int | None:
@@ -76,7 +76,9 @@ def render(result: Any, tokenizer: Any) -> str:
 @click.option("--top-k", default="3", show_default=True, callback=lambda ctx, param, value: _top_k(value), help="Proposals per position, or 'all' for the whole vocabulary.")
 @click.option("--min-prob", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--edits", default="substitute", show_default=True, help="Comma-separated: substitute,insert,delete.")
-@click.option("--order", type=click.Choice(["l2r", "r2l", "random", "worst-first"]), default="l2r", show_default=True)
+@click.option("--order", type=click.Choice(["l2r", "r2l", "random", "worst-first", "gradient-norm"]), default="l2r", show_default=True)
+@click.option("--proposal", type=click.Choice(["topk", "gradient", "hybrid"]), default="topk", show_default=True,
+              help="Candidates from the model's own distribution, HotFlip gradient scores (needs `ortrefine export-gradient`), or both.")
 @click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--positions-per-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Positions whose candidates are scored in one batch; the best edit among them is accepted.")

@@ -215,7 +215,8 @@ def write_report(rows: Sequence[BundleRow], out: Path, meta: dict[str, Any]) -> 
     md = ["# ortrefine compare", "", f"judge: {meta.get('judge')}; prompts: {meta.get('prompts')}; "
           f"refine config: {json.dumps(meta.get('config_short', {}))}", "", markdown_table(rows), "",
           "judge_j_*: J of Y⁰ / Y* under the judge bundle (mean over prompts); agreement_*: share of positions equal "
-          "to the judge's own Y⁰ / Y*; batch_dependence: max |Δ log-prob| of one candidate scored alone vs in a batch of 8."]
+          "to the judge's own Y⁰ / Y*; peak_rss_mb: the process's peak RSS while that bundle ran (the judge stays loaded "
+          "too); batch_dependence: max |Δ log-prob| of one candidate scored alone vs in a batch of 8."]
     (out / "report.md").write_text("\n".join(md) + "\n")
     written = [out / "report.json", out / "report.md"]
     try:

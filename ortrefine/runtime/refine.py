@@ -29,13 +29,14 @@ from ortrefine.registry import Registry
 from ortrefine.runtime.decoding import GenerationConfig, generate
 from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
 from ortrefine.runtime.objectives import Batch, Context, Objective, ObjectiveSpec
-from ortrefine.runtime.session import KVCache
+from ortrefine.runtime.session import KVCache, _host
 
 if TYPE_CHECKING:
     from ortrefine.runtime.session import LM
 
 log = logging.getLogger(__name__)
 MODES = ("keep", "regenerate")
+PROPOSALS = ("topk", "gradient", "hybrid")
 EDIT_KINDS = ("substitute", "insert", "delete")
 
 
@@ -62,6 +63,16 @@ ORDERS.register("random", _random)
 ORDERS.register("worst-first", _worst_first)
 
 
+def _gradient_norm(state: "_State", rng: np.random.Generator) -> list[int]:
+    """Largest ‖∂ log P / ∂e_i‖ first: where the output is most sensitive to its tokens."""
+    if state.grad_norms is None:
+        raise ConfigError("order 'gradient-norm' needs --proposal gradient or hybrid (a gradient graph)")
+    return [int(i) for i in np.argsort(-state.grad_norms, kind="stable")]
+
+
+ORDERS.register("gradient-norm", _gradient_norm)
+
+
 @dataclass
 class RefineConfig:
     """How to refine.
@@ -73,7 +84,11 @@ class RefineConfig:
     min_prob: drop top-k proposals below this probability (objective proposals are exempt).
     edits: any of substitute, insert, delete (insert/delete only change anything in keep mode:
         under regenerate every edit is a substitution followed by a fresh suffix).
-    order: l2r | r2l | random (seeded) | worst-first (lowest per-token log-prob first).
+    order: l2r | r2l | random (seeded) | worst-first (lowest per-token log-prob first) |
+        gradient-norm (largest gradient at the token's embedding first; needs a gradient graph).
+    proposal: where substitution candidates come from: topk (the model's own next-token
+        distribution), gradient (HotFlip/GCG first-order scores from the bundle's gradient graph,
+        `ortrefine export-gradient`), hybrid (both lists; exact scoring decides either way).
     sweeps: maximum sweeps; refinement also stops when a sweep accepts nothing.
     positions_per_batch: positions whose candidates are scored together in one batch; the best
         edit among them is accepted (1 = plain coordinate descent).
@@ -99,6 +114,7 @@ class RefineConfig:
     min_prob: float = 0.0
     edits: tuple[str, ...] = ("substitute",)
     order: str = "l2r"
+    proposal: str = "topk"
     sweeps: int = 1
     positions_per_batch: int = 8
     tol: float = 1e-6
@@ -123,6 +139,11 @@ class RefineConfig:
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         ORDERS.get(self.order)
+        self.proposal = str(self.proposal).lower()
+        if self.proposal not in PROPOSALS:
+            raise ConfigError(f"unknown proposal {self.proposal!r}; known: {', '.join(PROPOSALS)}")
+        if self.order == "gradient-norm" and self.proposal == "topk":
+            raise ConfigError("order 'gradient-norm' needs --proposal gradient or hybrid")
         bad = [e for e in self.edits if e not in EDIT_KINDS]
         if bad or not self.edits:
             raise ConfigError(f"unknown edit kind(s) {bad or '(none)'}; known: {', '.join(EDIT_KINDS)}")
@@ -191,6 +212,8 @@ class Cost:
     positions_visited: int = 0
     draft_tokens: int = 0
     draft_accepted: int = 0
+    gradient_calls: int = 0
+    gradient_seconds: float = 0.0
     initial_forward_tokens: int = 0
     initial_seconds: float = 0.0
     seconds: float = 0.0
@@ -259,6 +282,8 @@ class _State:
     J: float
     parts: dict[str, float]
     greedy_from: int
+    swaps: np.ndarray | None = None  # (L, k) gradient-proposed tokens per position, best first
+    grad_norms: np.ndarray | None = None  # (L,) ‖∂ log P / ∂e_i‖
 
 
 @dataclass
@@ -281,6 +306,11 @@ class _Refiner:
         self.cost = Cost()
         self.rng = np.random.default_rng(cfg.seed)
         self.eos = set(lm.eos_ids)
+        self.grad_model = None
+        if cfg.proposal != "topk":
+            from ortrefine.runtime.gradient import GradientModel
+
+            self.grad_model = GradientModel.open(lm.bundle, provider="cuda" if lm.provider == "cuda" else "cpu")
 
     # -- setup -----------------------------------------------------------------------------
     def initial_output(self, prompt_ids: list[int]) -> list[int]:
@@ -317,6 +347,14 @@ class _Refiner:
         self.ref_ids = np.array(ref_ids, dtype=np.int64)
         self.use_ref = self.objective.needs_reference
 
+    def start(self, prompt_ids: list[int]) -> None:
+        """One pass over the prompt; every later pass reuses its cache."""
+        head = self.lm.prefill(prompt_ids)
+        self.cost.forward_tokens += len(prompt_ids)
+        self.cost.passes += 1
+        self.prompt_kv, self.prompt_last = head.kv, head.logits[0, -1]
+        self.prompt_ids, self.prompt_len = list(prompt_ids), len(prompt_ids)
+
     # -- full pass over X ⧺ Y ---------------------------------------------------------------
     def build_state(self, ids: list[int]) -> _State:
         out = self.lm.forward(np.array([ids], dtype=np.int64), self.prompt_kv)
@@ -332,7 +370,23 @@ class _Refiner:
             g -= 1
         if not (ids[-1] in self.eos or len(ids) >= self.cfg.max_new_tokens):
             g = len(ids)  # an unfinished Y is not a complete greedy continuation anywhere
-        return _State(ids, dist, out.kv, lp, ref_lp, float(J[0]), {k: float(v[0]) for k, v in parts.items()}, g)
+        state = _State(ids, dist, out.kv, lp, ref_lp, float(J[0]), {k: float(v[0]) for k, v in parts.items()}, g)
+        if self.grad_model is not None:
+            self._add_gradient(state)
+        return state
+
+    def _add_gradient(self, state: _State) -> None:
+        """HotFlip proposals and gradient norms for every position of Y, from one gradient pass."""
+        t0 = time.perf_counter()
+        full = self.prompt_ids + state.ids
+        grad = self.grad_model.grad(full, self.prompt_len)
+        positions = np.arange(self.prompt_len, len(full))
+        k = self.cfg.top_k or 8
+        swaps = self.grad_model.topk_swaps(full, positions, k, grad=grad, banned=sorted(self.eos))
+        state.swaps = swaps.tokens
+        state.grad_norms = np.linalg.norm(grad.grad_embeds[positions], axis=-1)
+        self.cost.gradient_calls += 1
+        self.cost.gradient_seconds += time.perf_counter() - t0
 
     def _ref_lp(self, rows: np.ndarray, start: int) -> np.ndarray:
         """log p(R_t) for positions start.. start+len(rows) that the reference covers."""
@@ -360,6 +414,9 @@ class _Refiner:
         if cfg.min_prob > 0:
             p = np.exp(log_softmax(logits[None])[0])
             tokens = [t for t in tokens if p[t] >= cfg.min_prob]
+        if state.swaps is not None:
+            grad_tokens = [int(t) for t in state.swaps[i]]
+            tokens = grad_tokens if cfg.proposal == "gradient" else tokens + [t for t in grad_tokens if t not in tokens]
         extra = [t for t in self.objective.propose(ids[:i]) if t not in tokens]
         old = ids[i]
         out: list[_Candidate] = []
@@ -570,7 +627,7 @@ class _Refiner:
         if (lengths == width).all():
             return kv.prefix(width).repeat(R) if R > 1 else kv.prefix(width), mask
         arrays = []
-        for a in kv.arrays:
+        for a in (_host(x) for x in kv.arrays):
             out = np.zeros((R, a.shape[1], width, a.shape[3]), dtype=a.dtype)
             for r, n in enumerate(lengths):
                 out[r, :, :n] = a[0, :, :n]
@@ -580,10 +637,7 @@ class _Refiner:
     # -- the sweep loop ------------------------------------------------------------------------
     def run(self, prompt_ids: list[int], y0: list[int]) -> tuple[_State, _State, list[Edit], int, str]:
         cfg = self.cfg
-        head = self.lm.prefill(prompt_ids)
-        self.cost.forward_tokens += len(prompt_ids)
-        self.cost.passes += 1
-        self.prompt_kv, self.prompt_last, self.prompt_len = head.kv, head.logits[0, -1], len(prompt_ids)
+        self.start(prompt_ids)
         state = first = self.build_state(y0)
         edits: list[Edit] = []
         t0 = time.perf_counter()
@@ -639,7 +693,9 @@ def refine(lm: "LM", prompt: str | Sequence[int], cfg: RefineConfig | None = Non
         # depend on its batch-mates, so candidates are scored one by one on such bundles
         from dataclasses import replace
 
-        log.warning("%s is not batch-invariant (dynamic quantization): scoring candidates one at a time", lm.bundle.path)
+        if not getattr(lm, "_warned_batch_dependent", False):
+            log.warning("%s is not batch-invariant (dynamic quantization): scoring candidates one at a time", lm.bundle.path)
+            lm._warned_batch_dependent = True
         cfg = replace(cfg, max_rows=1)
     t_start = time.perf_counter()
     r = _Refiner(lm, prompt if isinstance(prompt, str) else lm.tokenizer.decode(prompt), cfg)
@@ -673,8 +729,7 @@ def evaluate_objective(lm: "LM", prompt: str, output_ids: Sequence[int], cfg: Re
     r = _Refiner(lm, prompt, cfg)
     prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
     r.build_context(prompt, len(output_ids))
-    head = lm.prefill(prompt_ids)
-    r.prompt_kv, r.prompt_last, r.prompt_len = head.kv, head.logits[0, -1], len(prompt_ids)
+    r.start(prompt_ids)
     state = r.build_state(list(output_ids))
     return {"total": state.J, **state.parts}
 
