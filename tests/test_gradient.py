@@ -415,3 +415,39 @@ print(json.dumps([m in sys.modules for m in ('torch', 'transformers', 'optimum')
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False, False]
+
+
+@pytest.mark.parametrize("method", ["plain", "momentum", "adam"])
+def test_gradient_optimizer_relaxation(grad_bundles, method):
+    """--optimizer gradient: projections verified exactly, never accepted if J falls."""
+    import ortrefine
+    from ortrefine.runtime.refine import RefineConfig, refine
+    from ortrefine.runtime.relax import RelaxConfig, relax
+    from ortrefine.runtime.gradient import GradientModel
+
+    lm = ortrefine.load(grad_bundles["llama"], provider="cpu")
+    cfg = RefineConfig(optimizer="gradient", relax=RelaxConfig(steps=6, method=method, lr=2.0), sweeps=3,
+                       max_new_tokens=12, initial=" the sky is blue and the dog")
+    r = refine(lm, "Once upon a time", cfg)
+    assert r.objective_after["total"] >= r.objective_before["total"]
+    assert all(e.kind == "relax" and e.delta > 0 for e in r.edits)
+    assert r.cost.gradient_calls >= 6 and r.cost.candidates >= 1
+    # the relaxation really moves: with a large step some projection differs from Y
+    gm = GradientModel.open(lm.bundle)
+    prompt = lm.encode_prompt("Once upon a time")
+    y = lm.tokenizer.encode_plain(" the sky is blue and the dog")
+    outs = relax(gm, prompt, y, RelaxConfig(steps=4, method=method, lr=50.0, init=1.0), banned=list(lm.eos_ids))
+    assert outs and all(len(o) == len(y) and o != y for o in outs)
+    assert all(t not in lm.eos_ids for o in outs for t in o)
+
+
+def test_relax_config_validation():
+    from ortrefine.errors import ConfigError
+    from ortrefine.runtime.refine import RefineConfig
+    from ortrefine.runtime.relax import RelaxConfig
+
+    for bad in [dict(method="sgd"), dict(steps=0), dict(lr=0), dict(temperature=float("nan"))]:
+        with pytest.raises(ConfigError):
+            RelaxConfig(**bad)
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        RefineConfig(optimizer="lbfgs")

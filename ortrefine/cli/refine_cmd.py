@@ -79,6 +79,11 @@ def render(result: Any, tokenizer: Any) -> str:
 @click.option("--order", type=click.Choice(["l2r", "r2l", "random", "worst-first", "gradient-norm"]), default="l2r", show_default=True)
 @click.option("--proposal", type=click.Choice(["topk", "gradient", "hybrid"]), default="topk", show_default=True,
               help="Candidates from the model's own distribution, HotFlip gradient scores (needs `ortrefine export-gradient`), or both.")
+@click.option("--optimizer", type=click.Choice(["coordinate", "gradient"]), default="coordinate", show_default=True,
+              help="gradient: ascent on a softmax relaxation of Y, projected and verified exactly (needs export-gradient).")
+@click.option("--relax-steps", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--relax-lr", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--relax-method", type=click.Choice(["plain", "momentum", "adam"]), default="adam", show_default=True)
 @click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--positions-per-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Positions whose candidates are scored in one batch; the best edit among them is accepted.")
@@ -94,15 +99,17 @@ def render(result: Any, tokenizer: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole trace as JSON.")
 @domain_errors
 def refine(prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None, keywords: str | None,
-           edits: str, initial_strategy: str, no_prune: bool, **kw: Any) -> None:
+           edits: str, initial_strategy: str, no_prune: bool, relax_steps: int, relax_lr: float, relax_method: str,
+           **kw: Any) -> None:
     """Decode PROMPT's output, then improve it against the objective."""
     from ortrefine.runtime.decoding import GenerationConfig
     from ortrefine.runtime.refine import RefineConfig, refine as run
+    from ortrefine.runtime.relax import RelaxConfig
 
     cfg = RefineConfig(
         objectives=list(kw.pop("objectives")), keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
-        prune=not no_prune, **kw,
+        prune=not no_prune, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
     )
     lm = load_lm(model, provider, threads)
     if cfg.top_k is None:

@@ -29,6 +29,7 @@ from ortrefine.registry import Registry
 from ortrefine.runtime.decoding import GenerationConfig, generate
 from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
 from ortrefine.runtime.objectives import Batch, Context, Objective, ObjectiveSpec
+from ortrefine.runtime.relax import RelaxConfig
 from ortrefine.runtime.session import KVCache, _host
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MODES = ("keep", "regenerate")
 PROPOSALS = ("topk", "gradient", "hybrid")
+OPTIMIZERS = ("coordinate", "gradient")
 EDIT_KINDS = ("substitute", "insert", "delete")
 
 
@@ -89,6 +91,10 @@ class RefineConfig:
     proposal: where substitution candidates come from: topk (the model's own next-token
         distribution), gradient (HotFlip/GCG first-order scores from the bundle's gradient graph,
         `ortrefine export-gradient`), hybrid (both lists; exact scoring decides either way).
+    optimizer: coordinate (the sweeps above) | gradient (each sweep runs `relax.steps` steps of
+        gradient ascent on a softmax relaxation of Y, projects each step to tokens and accepts the
+        best projection only if its exact J is higher; needs a gradient graph).
+    relax: settings of the gradient optimizer (steps, lr, method plain|momentum|adam, temperature).
     sweeps: maximum sweeps; refinement also stops when a sweep accepts nothing.
     positions_per_batch: positions whose candidates are scored together in one batch; the best
         edit among them is accepted (1 = plain coordinate descent).
@@ -115,6 +121,8 @@ class RefineConfig:
     edits: tuple[str, ...] = ("substitute",)
     order: str = "l2r"
     proposal: str = "topk"
+    optimizer: str = "coordinate"
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
     sweeps: int = 1
     positions_per_batch: int = 8
     tol: float = 1e-6
@@ -142,6 +150,9 @@ class RefineConfig:
         self.proposal = str(self.proposal).lower()
         if self.proposal not in PROPOSALS:
             raise ConfigError(f"unknown proposal {self.proposal!r}; known: {', '.join(PROPOSALS)}")
+        self.optimizer = str(self.optimizer).lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.order == "gradient-norm" and self.proposal == "topk":
             raise ConfigError("order 'gradient-norm' needs --proposal gradient or hybrid")
         bad = [e for e in self.edits if e not in EDIT_KINDS]
@@ -307,7 +318,7 @@ class _Refiner:
         self.rng = np.random.default_rng(cfg.seed)
         self.eos = set(lm.eos_ids)
         self.grad_model = None
-        if cfg.proposal != "topk":
+        if cfg.proposal != "topk" or cfg.optimizer == "gradient":
             from ortrefine.runtime.gradient import GradientModel
 
             self.grad_model = GradientModel.open(lm.bundle, provider="cuda" if lm.provider == "cuda" else "cpu")
@@ -634,6 +645,36 @@ class _Refiner:
             arrays.append(out)
         return KVCache(arrays), mask
 
+    def relax_sweep(self, state: _State, sweep: int) -> tuple[_State, Edit | None]:
+        """One sweep of the gradient optimizer: relax, project, verify exactly, accept if J rises."""
+        from ortrefine.runtime.relax import relax
+
+        ended = state.ids[-1] in self.eos
+        body, tail = (state.ids[:-1], state.ids[-1:]) if ended else (state.ids, [])
+        if not body:
+            return state, None
+        t0 = time.perf_counter()
+        before = self.grad_model.forward_tokens
+        projections = relax(self.grad_model, self.prompt_ids, body, self.cfg.relax, banned=sorted(self.eos))
+        self.cost.gradient_calls += self.cfg.relax.steps
+        self.cost.gradient_seconds += time.perf_counter() - t0
+        self.cost.forward_tokens += self.grad_model.forward_tokens - before
+        tok = self.lm.tokenizer
+        best = state
+        for ids in projections:
+            self.cost.candidates += 1
+            if tok.encode_plain(tok.decode(ids, skip_special_tokens=False)) != ids:
+                self.cost.noncanonical += 1
+                continue
+            cand = self.build_state(ids + tail)
+            if cand.J > best.J:
+                best = cand
+        if best is state or best.J <= state.J + self.cfg.tol:
+            return state, None
+        i = next(k for k, (a, b) in enumerate(zip(state.ids, best.ids)) if a != b)
+        names = tok.token_strings([state.ids[i], best.ids[i]])
+        return best, Edit(sweep, i, "relax", state.ids[i], best.ids[i], names[0], names[1], best.J - state.J, best.J)
+
     # -- the sweep loop ------------------------------------------------------------------------
     def run(self, prompt_ids: list[int], y0: list[int]) -> tuple[_State, _State, list[Edit], int, str]:
         cfg = self.cfg
@@ -644,6 +685,18 @@ class _Refiner:
         stop = "sweeps"
         sweep = 0
         for sweep in range(1, cfg.sweeps + 1):
+            if cfg.optimizer == "gradient":
+                if cfg.budget_seconds is not None and time.perf_counter() - t0 >= cfg.budget_seconds:
+                    return first, state, edits, sweep, "budget-seconds"
+                if cfg.budget_tokens is not None and self.cost.forward_tokens >= cfg.budget_tokens:
+                    return first, state, edits, sweep, "budget-tokens"
+                new_state, edit = self.relax_sweep(state, sweep)
+                if edit is None:
+                    stop = "converged"
+                    break
+                edits.append(edit)
+                state = new_state
+                continue
             accepted = 0
             order = ORDERS.get(cfg.order)(state, self.rng)
             visited: set[int] = set()
