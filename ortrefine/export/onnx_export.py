@@ -28,6 +28,8 @@ class ExportConfig:
     atol: max |Δlogits| ONNX vs torch; None takes the catalog's (1e-3 for real models).
     validate: compare with torch before writing (on failure: ValidationError, no bundle).
     overwrite: replace an existing bundle. progress: show a progress bar on stderr.
+    slim: rewrite the graph with onnxslim (constant folding, dead nodes, fusions: 7,426 → 2,848
+        nodes on SmolLM2), checked against the unslimmed graph before it replaces it.
     """
 
     source: str
@@ -38,6 +40,7 @@ class ExportConfig:
     validate: bool = True
     overwrite: bool = False
     progress: bool = False
+    slim: bool = False
 
 
 @dataclass
@@ -126,6 +129,12 @@ def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: Export
         onnx_export_from_model(model, tmp, opset=cfg.opset, task=TASK, do_validation=False)
         tokenizer.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
+        graph = None
+        if cfg.slim:
+            from ortrefine.export.fuse import slim_bundle_graph
+
+            steps.set_postfix_str("slim")
+            graph = slim_bundle_graph(tmp / "model.onnx", tmp / "model.onnx").to_dict()
         steps.update()
         checks: list[dict[str, Any]] = []
         if cfg.validate:
@@ -145,6 +154,7 @@ def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: Export
             "context_length": int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)),
             "chat_template": bool(getattr(tokenizer, "chat_template", None)),
             "validation": {"atol": atol, "checks": checks},
+            "graph": graph,
         }
         manifest = write_manifest(tmp, manifest)
         steps.update()

@@ -1,0 +1,92 @@
+"""`ortrefine bench` on a tiny bundle: runs, exit 0, prints the expected rows (no timing assertions),
+and the measuring functions it shares with benchmarks/ measure the right thing."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from click.testing import CliRunner
+
+from ortrefine.cli.main import cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_bench_decode(tiny_bundles):
+    r = invoke("bench", "decode", "-m", str(tiny_bundles["llama"]), "--tokens", "5", "--reps", "2", "--bandwidth-mb", "8")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith(f"{tiny_bundles['llama']} (fp32, cpu), 5 tokens, median of 2")
+    assert lines[1:3] == ["| figure | value |", "|---|---|"]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in lines[3:]]
+    assert rows == ["decode", "time to first token", "weights read per token", "memory read bandwidth (1 thread)",
+                    "weights × tok/s / bandwidth"]
+    assert re.search(r"\| decode \| [\d.]+ \([\d.]+–[\d.]+\) tok/s \|", r.output)
+
+
+def test_bench_scoring_reuse_matches_plain(tiny_bundles):
+    r = invoke("bench", "scoring", "-m", str(tiny_bundles["gpt2"]), "--batch", "4", "--prefix", "8", "--suffix", "4", "--reps", "1")
+    assert r.exit_code == 0, r.output
+    assert "| plain: 4 × 12 |" in r.output
+    assert "| prefix reuse: 1 × 8 + 4 × 4 |" in r.output and "of 3.00×" in r.output
+    diff = float(re.search(r"max \|Δlogits\| reuse vs plain ([\d.e+-]+)", r.output).group(1))
+    assert diff < 1e-4  # the sliced-KV path scores the same tokens as the full pass
+
+
+def test_bench_coldstart(tiny_bundles):
+    r = invoke("bench", "coldstart", "-m", str(tiny_bundles["llama"]), "--reps", "1")
+    assert r.exit_code == 0, r.output
+    for row in ("| python -c pass |", "| import ortrefine (minus bare start) |", "| generate, start to first token |"):
+        assert row in r.output
+
+
+def test_bench_errors_are_one_line(tmp_path):
+    for sub in ("decode", "scoring", "coldstart"):
+        r = invoke("bench", sub, "-m", str(tmp_path / "none"))
+        assert r.exit_code == 1 and r.output.startswith("Error: no bundle at"), r.output
+    r = invoke("bench", "decode", "--tokens", "0")
+    assert r.exit_code == 2 and "Invalid value for '--tokens'" in r.output
+
+
+def test_decode_fixed_is_greedy_and_ignores_eos(tiny_bundles):
+    import ortrefine
+    from ortrefine.cli.bench_cmd import decode_fixed
+
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    ids = lm.encode_prompt("Once upon a time")
+    run = decode_fixed(lm, ids, 12)
+    assert len(run.ids) == 12 and 0 < run.ttft <= run.seconds
+    greedy = lm.generate(ids, max_new_tokens=12).ids  # may stop early at eos; decode_fixed does not
+    assert run.ids[: len(greedy)] == greedy
+
+
+def test_weight_bytes_counts_initializers(tiny_bundles, monkeypatch):
+    import builtins
+
+    import onnx
+
+    from ortrefine.cli.bench_cmd import weight_bytes
+
+    model_file = tiny_bundles["llama"] / "model.onnx"
+    model = onnx.load(str(model_file))
+    expected = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    assert weight_bytes(model_file) == expected
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    assert weight_bytes(model_file) == model_file.stat().st_size  # the torch/onnx-free fallback
+
+
+def test_memory_bandwidth_is_positive():
+    from ortrefine.cli.bench_cmd import memory_bandwidth
+
+    assert memory_bandwidth(megabytes=4, reps=1) > 0
+    assert np.isfinite(memory_bandwidth(megabytes=4, reps=1))
