@@ -106,7 +106,7 @@ def models(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        state = f"{r['precision']:>6} {r['size_mb']:8.1f} MB  {r['path']}" if r["path"] else "   not exported (ortrefine export " + r["name"] + ")"
+        state = f"{r['precision']:>12} {r['size_mb']:8.1f} MB  {r['path']}" if r["path"] else "   not exported (ortrefine export " + r["name"] + ")"
         click.echo(f"{r['name']:<28} {r['kind']:<8} {state}")
 
 
