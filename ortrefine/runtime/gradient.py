@@ -141,42 +141,18 @@ def make_gradient_session(
 ) -> tuple[Any, str]:
     """Like session.make_session, with the options the gradient graph wants: no arena, no
     prepacking (unless asked), the shared weights (if given) in place of the file's."""
-    import onnxruntime as ort
+    from ortrefine.runtime.session import make_session
 
-    from ortrefine.errors import ProviderUnavailableError
-    from ortrefine.runtime.session import PROVIDERS, available_providers
+    def configure(opts: Any) -> None:
+        # ORT's arena keeps its high-water mark; this graph's (T, V) temporaries made it grow by
+        # ~100 MB per call at T = 50 on SmolLM2-135M. Plain malloc/free returns them.
+        opts.enable_cpu_mem_arena = False
+        if not prepack or shared:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+        for name, value in (shared or {}).items():
+            opts.add_initializer(name, value)
 
-    if provider not in ("auto", *PROVIDERS):
-        raise ProviderUnavailableError(f"unknown provider {provider!r}; use one of: auto, cpu, cuda")
-    have = available_providers()
-    if provider == "cuda" and PROVIDERS["cuda"] not in have:
-        raise ProviderUnavailableError(
-            f"the CUDA execution provider is not available (this onnxruntime has: {', '.join(have)}); "
-            "install onnxruntime-gpu in place of onnxruntime, or use --provider cpu"
-        )
-    wanted = "cuda" if provider == "cuda" or (provider == "auto" and PROVIDERS["cuda"] in have) else "cpu"
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    # ORT's arena keeps its high-water mark; this graph's (T, V) temporaries made it grow by
-    # ~100 MB per call at T = 50 on SmolLM2-135M. Plain malloc/free returns them.
-    opts.enable_cpu_mem_arena = False
-    if not prepack or shared:
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-    for name, value in (shared or {}).items():
-        opts.add_initializer(name, value)
-    providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if wanted == "cuda" else [PROVIDERS["cpu"]]
-    try:
-        session = ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
-    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types; all mean a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BundleError(f"{model_file}: onnxruntime cannot load it ({first}); run `ortrefine export-gradient {model_file.parent} --overwrite`") from None
-    got = session.get_providers()[0]
-    if provider == "cuda" and got != PROVIDERS["cuda"]:
-        raise ProviderUnavailableError("onnxruntime-gpu is installed but the CUDA provider failed to start; fix the CUDA install or use --provider cpu")
-    return session, "cuda" if got == PROVIDERS["cuda"] else "cpu"
+    return make_session(model_file, provider, threads, configure, fix=f"run `ortrefine export-gradient {model_file.parent} --overwrite`")
 
 
 class GradientModel:

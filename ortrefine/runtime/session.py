@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -110,8 +110,18 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def make_session(model_file: Path, provider: str = "auto", threads: int | None = None) -> tuple[ort.InferenceSession, str]:
-    """Session on the asked provider; fail fast (never fall back silently) when it is missing."""
+def make_session(
+    model_file: Path,
+    provider: str = "auto",
+    threads: int | None = None,
+    configure: "Callable[[ort.SessionOptions], None] | None" = None,
+    fix: str = "re-export the bundle",
+) -> tuple[ort.InferenceSession, str]:
+    """Session on the asked provider; fail fast (never fall back silently) when it is missing.
+
+    configure: extra session options (the gradient graph turns the arena and prepacking off).
+    fix: the remedy named when the file cannot be loaded.
+    """
     if provider not in ("auto", *PROVIDERS):
         raise ProviderUnavailableError(f"unknown provider {provider!r}; use one of: auto, cpu, cuda")
     have = available_providers()
@@ -127,12 +137,14 @@ def make_session(model_file: Path, provider: str = "auto", threads: int | None =
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if configure is not None:
+        configure(opts)
     providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if wanted == "cuda" else [PROVIDERS["cpu"]]
     try:
         session = ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types; all mean a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BundleError(f"{model_file}: onnxruntime cannot load it ({first}); re-export the bundle") from None
+        raise BundleError(f"{model_file}: onnxruntime cannot load it ({first}); {fix}") from None
     got = session.get_providers()[0]
     if wanted == "cuda" and got != PROVIDERS["cuda"]:
         if provider == "cuda":
