@@ -27,6 +27,8 @@ import numpy as np
 
 import ortrefine
 from ortrefine.export.writer import library_versions
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ["smollm2-135m", "smollm2-135m-int8", "smollm2-135m-int4", "smollm2-135m-int8-dynamic", "smollm2-135m-int4-emb"]
@@ -41,16 +43,6 @@ CANDIDATES = [
     " Korea, where metal type was cast in the year 1377",
     " a story of merchants, priests, printers and readers",
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def decode_fixed(lm: ortrefine.LM, prompt_ids: list[int], n: int) -> list[int]:

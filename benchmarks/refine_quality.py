@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import statistics
 import time
 from datetime import datetime, timezone
@@ -25,15 +25,8 @@ import ortrefine
 from ortrefine.runtime.objectives import Coverage, Context
 from ortrefine.runtime.refine import RefineConfig, refine
 
-ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ROOT.parent / "shared" / "data" / "prompts-dev.jsonl"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEV_PROMPTS as PROMPTS, ROOT, cpu_model  # noqa: E402
 
 
 def repeated_trigrams(ids: list[int]) -> int:
