@@ -77,3 +77,12 @@ def test_sampling_is_seeded(tiny):
     c = [lm.generate("Once upon", strategy="sample", seed=s, max_new_tokens=12).ids for s in range(4, 9)]
     assert a == b
     assert any(x != a for x in c)
+
+
+def test_generate_logprobs_equal_rescoring(tiny):
+    """Greedy/sample log-probs come from the decode loop's own logits; they equal a fresh scoring pass."""
+    arch, lm, model, tok = tiny
+    for strategy in ("greedy", "sample", "beam"):
+        out = lm.generate("Once upon a time", strategy=strategy, seed=1, max_new_tokens=10)
+        rescored = lm.score(out.prompt_ids, [out.ids]).token_logprobs[0]
+        np.testing.assert_allclose(out.token_logprobs, rescored, atol=1e-4)

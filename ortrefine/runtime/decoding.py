@@ -15,7 +15,7 @@ import numpy as np
 
 from ortrefine.errors import ConfigError
 from ortrefine.registry import Registry
-from ortrefine.runtime.logprobs import log_softmax
+from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
 
 if TYPE_CHECKING:
     from ortrefine.runtime.session import LM
@@ -71,6 +71,7 @@ class Decoded:
 
     ids: list[int]
     finish_reason: str  # "eos" | "length" | "stop"
+    logprobs: list[float] | None = None  # log p of each id, when the loop already had the logits
 
 
 @dataclass
@@ -153,16 +154,19 @@ def _stepwise(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig, pick: Call
     """The one decode loop: last logits → pick a token → stop checks → one-token forward."""
     out = lm.prefill(prompt_ids)
     ids: list[int] = []
+    lps: list[float] = []
     for step in range(cfg.max_new_tokens):
-        token = pick(out.logits[0, -1])  # choose from the newest position's logits
+        logits = out.logits[0, -1]
+        token = pick(logits)  # choose from the newest position's logits
         ids.append(token)
+        lps.append(float(gather_logprobs(logits, np.array(token))))  # unprocessed distribution
         if token in lm.eos_ids:
-            return Decoded(ids, "eos")
+            return Decoded(ids, "eos", lps)
         if _stop_hit(lm, ids, cfg.stop):
-            return Decoded(ids, "stop")
+            return Decoded(ids, "stop", lps)
         if step + 1 < cfg.max_new_tokens:  # no forward after the last token
             out = lm.forward(np.array([[token]], dtype=np.int64), out.kv)
-    return Decoded(ids, "length")
+    return Decoded(ids, "length", lps)
 
 
 def greedy(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
@@ -254,7 +258,10 @@ def generate(lm: "LM", prompt: str | Sequence[int], cfg: GenerationConfig, chat:
     decoded = STRATEGIES.get(cfg.strategy)(lm, prompt_ids, cfg)
     ids, text, cut = _cut_at_stop(lm, decoded.ids, cfg.stop)
     reason = "stop" if cut else decoded.finish_reason
-    token_lps = lm.score(prompt_ids, [ids]).token_logprobs[0].tolist() if ids else []
+    if decoded.logprobs is not None:
+        token_lps = decoded.logprobs[: len(ids)]
+    else:  # beam search keeps no per-token log-probs: one scoring pass
+        token_lps = lm.score(prompt_ids, [ids]).token_logprobs[0].tolist() if ids else []
     return GenerationResult(
         prompt_ids=prompt_ids,
         ids=ids,
