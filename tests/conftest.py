@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 TINY_ARCHS = ("llama", "gpt2")
+# the graphs parity runs on: llama's default (fused) export, gpt2's (Optimum) and llama via Optimum
+PARITY_VARIANTS = {"llama": "llama", "gpt2": "gpt2", "llama-optimum": "llama"}
 
 
 def has_cuda() -> bool:
@@ -38,13 +40,24 @@ def tiny_torch():
     return {arch: build_tiny(arch) for arch in TINY_ARCHS}
 
 
-@pytest.fixture(scope="session", params=TINY_ARCHS)
+@pytest.fixture(scope="session")
+def optimum_llama_bundle(tmp_path_factory) -> Path:
+    """The tiny llama exported with Optimum's graph (the default for llama is the fused graph)."""
+    from ortrefine.export.onnx_export import ExportConfig, export_bundle
+
+    root = tmp_path_factory.mktemp("bundles-optimum")
+    return export_bundle(ExportConfig("tiny:llama", output=root / "tiny-llama-optimum", graph="optimum")).path
+
+
+@pytest.fixture(scope="session", params=list(PARITY_VARIANTS))
 def tiny(request, tiny_bundles, tiny_torch):
-    """(arch, LM, torch model, HF tokenizer) for each tiny architecture."""
+    """(variant, LM, torch model, HF tokenizer) for each tiny architecture and graph."""
     import ortrefine
 
-    model, tok = tiny_torch[request.param]
-    return request.param, ortrefine.load(tiny_bundles[request.param], provider="cpu"), model, tok
+    name = request.param
+    path = tiny_bundles[name] if name in tiny_bundles else request.getfixturevalue("optimum_llama_bundle")
+    model, tok = tiny_torch[PARITY_VARIANTS[name]]
+    return name, ortrefine.load(path, provider="cpu"), model, tok
 
 
 def smollm2_available() -> bool:

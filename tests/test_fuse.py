@@ -13,9 +13,9 @@ except ImportError:  # fail loudly: a skipped test would hide a missing install 
 
 
 @pytest.fixture
-def bundle_copy(tiny_bundles, tmp_path):
-    """A writable copy of the tiny llama bundle."""
-    return shutil.copytree(tiny_bundles["llama"], tmp_path / "tiny-llama-slim")
+def bundle_copy(optimum_llama_bundle, tmp_path):
+    """A writable copy of the tiny llama bundle with Optimum's graph (what onnxslim cleans up)."""
+    return shutil.copytree(optimum_llama_bundle, tmp_path / "tiny-llama-slim")
 
 
 def test_slim_keeps_outputs_and_drops_nodes(bundle_copy, tmp_path):
@@ -34,7 +34,7 @@ def test_slim_keeps_outputs_and_drops_nodes(bundle_copy, tmp_path):
     assert not [p for p in r.path.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
-def test_slimmed_bundle_runs_in_ortrefine(bundle_copy, tiny_bundles):
+def test_slimmed_bundle_runs_in_ortrefine(bundle_copy, optimum_llama_bundle):
     import ortrefine
     from ortrefine.export.fuse import slim_bundle_graph
     from ortrefine.export.writer import write_manifest
@@ -46,7 +46,7 @@ def test_slimmed_bundle_runs_in_ortrefine(bundle_copy, tiny_bundles):
     manifest = json.loads((bundle_copy / MANIFEST).read_text())
     write_manifest(bundle_copy, {**manifest, "graph": r.to_dict()})  # sizes and sha256 of the new file
     slim = ortrefine.load(bundle_copy, provider="cpu", verify=True)
-    base = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    base = ortrefine.load(optimum_llama_bundle, provider="cpu")
     prompt = "Once upon a time"
     assert slim.generate(prompt, max_new_tokens=12).ids == base.generate(prompt, max_new_tokens=12).ids
     cands = [[5, 6, 7], [8, 9]]
@@ -111,6 +111,6 @@ def test_export_with_slim_records_graph(tmp_path):
 
     r = export_bundle(ExportConfig("tiny:llama", output=tmp_path / "slim", slim=True))
     g = r.manifest["graph"]
-    assert g and g["nodes_after"] < g["nodes_before"]
+    assert g["kind"] == "optimum" and g["nodes_after"] < g["nodes_before"]  # --slim means Optimum's graph
     lm = ortrefine.load(r.path, provider="cpu")
     assert len(lm.generate("Once upon a time", max_new_tokens=6).ids) == 6

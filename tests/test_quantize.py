@@ -33,6 +33,17 @@ def parent(tiny_bundles, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_bundles["llama"], tmp_path / "tiny-llama"))
 
 
+# the tied lm_head as each llama graph writes it: (matmul node, embedding initializer)
+TIED_HEAD = {"fused": ("lm_head", "embed_tokens.weight"), "optimum": ("/lm_head/MatMul", "model.embed_tokens.weight")}
+
+
+@pytest.fixture(params=list(TIED_HEAD))
+def tied_parent(request, tiny_bundles, tmp_path) -> tuple[Path, str, str]:
+    """A private copy of the tiny llama bundle with each graph, and the names of its tied lm_head."""
+    src = tiny_bundles["llama"] if request.param == "fused" else request.getfixturevalue("optimum_llama_bundle")
+    return (Path(shutil.copytree(src, tmp_path / "tiny-llama")), *TIED_HEAD[request.param])
+
+
 @pytest.fixture
 def gpt2_parent(tiny_bundles, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_bundles["gpt2"], tmp_path / "tiny-gpt2"))
@@ -119,7 +130,8 @@ def test_apply_thresholds_lists_every_failure():
     assert r.failures[0].startswith("mean KL 2.0000 > max 0.5")
 
 
-def test_quantize_embeddings_unties_lm_head(parent):
+def test_quantize_embeddings_unties_lm_head(tied_parent):
+    parent, matmul, weight = tied_parent
     plain = quantize(QuantizeConfig(parent, "int4", gate=LOOSE))
     emb = quantize(QuantizeConfig(parent, "int4", quantize_embeddings=True, gate=LOOSE))
     assert emb.path.name == "tiny-llama-int4-emb"
@@ -127,23 +139,25 @@ def test_quantize_embeddings_unties_lm_head(parent):
     assert after["MatMulNBits"] == before["MatMulNBits"] + 1  # the lm_head
     assert after["GatherBlockQuantized"] == 1 and before["GatherBlockQuantized"] == 0
     m = onnx.load(str(emb.path / "model.onnx"))
-    assert not [n for n in m.graph.node if n.op_type == "Transpose" and "embed_tokens" in n.input[0]]
-    assert emb.untied == [{"matmul": "/lm_head/MatMul", "weight": "model.embed_tokens.weight", "shape": [64, 384]}]
+    assert not [n for n in m.graph.node if n.op_type in ("Transpose", "FusedMatMul") and "embed_tokens" in n.input[-1]]
+    assert emb.untied == [{"matmul": matmul, "weight": weight, "shape": [64, 384]}]
     assert emb.manifest["quantization"]["embedding_bits"] == 4
     assert emb.size_bytes < plain.size_bytes
     assert len(ortrefine.load(emb.path, provider="cpu").generate("Hello", max_new_tokens=4).ids) >= 1
 
 
-def test_untie_is_exact(parent, tmp_path):
+def test_untie_is_exact(tied_parent, tmp_path):
     """Untying only stores Transpose(W) as a constant: the logits do not change."""
+    parent, matmul, weight = tied_parent
     from dataclasses import replace
 
     from ortrefine.export.quantize import save_model, untie_lm_head
     from ortrefine.runtime.session import LM
 
     m = onnx.load(str(parent / "model.onnx"))
-    assert [u["matmul"] for u in untie_lm_head(m)] == ["/lm_head/MatMul"]
-    assert not [n for n in m.graph.node if n.op_type == "Transpose" and n.input[0] == "model.embed_tokens.weight"]
+    assert [u["matmul"] for u in untie_lm_head(m)] == [matmul]
+    assert not [n for n in m.graph.node if n.op_type in ("Transpose", "FusedMatMul") and weight in n.input]
+    assert [n.op_type for n in m.graph.node if n.name == matmul] == ["MatMul"]
     folder = tmp_path / "untied"
     folder.mkdir()
     save_model(m, folder)

@@ -62,15 +62,21 @@ def cli() -> None:
 @click.option("--atol", type=click.FloatRange(0, min_open=True), default=None, help="Max |Δlogits| ONNX vs torch.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with torch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
-@click.option("--slim", is_flag=True, help="Clean the graph up with onnxslim (validated against the unslimmed one).")
+@click.option("--graph", type=click.Choice(["auto", "fused", "optimum"]), default="auto", show_default=True,
+              help="fused: ortrefine's graph of ONNX Runtime contrib ops (llama models; faster); optimum: Optimum's export; "
+                   "auto: fused where supported.")
+@click.option("--slim", is_flag=True, help="Clean Optimum's graph up with onnxslim (validated against the unslimmed one).")
 @domain_errors
-def export(source: str, output: Path | None, revision: str | None, opset: int | None, atol: float | None, no_validate: bool, overwrite: bool, slim: bool) -> None:
+def export(source: str, output: Path | None, revision: str | None, opset: int | None, atol: float | None, no_validate: bool,
+           overwrite: bool, graph: str, slim: bool) -> None:
     """Export SOURCE (catalog name, hub id, folder, .gguf, tiny:ARCH) to a bundle at OUTPUT."""
     from ortrefine.export.onnx_export import ExportConfig, export_bundle
 
-    r = export_bundle(ExportConfig(source, output, revision, opset, atol, not no_validate, overwrite, progress=True, slim=slim))
+    r = export_bundle(ExportConfig(source, output, revision, opset, atol, not no_validate, overwrite, progress=True, slim=slim, graph=graph))
     diff = "not validated" if r.max_abs_diff is None else f"max |Δlogits| vs torch {r.max_abs_diff:.2e}"
-    click.echo(f"wrote {r.path} ({sum(f['bytes'] for f in r.manifest['files'].values()) / 1e6:.1f} MB, {diff}, {r.seconds:.1f}s)")
+    g = r.manifest["graph"]
+    kind = g["kind"] + (f", {g['nodes_after']} nodes" if "nodes_after" in g else "")
+    click.echo(f"wrote {r.path} ({sum(f['bytes'] for f in r.manifest['files'].values()) / 1e6:.1f} MB, {kind} graph, {diff}, {r.seconds:.1f}s)")
 
 
 @cli.command()

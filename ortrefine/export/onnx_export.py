@@ -28,8 +28,12 @@ class ExportConfig:
     atol: max |Δlogits| ONNX vs torch; None takes the catalog's (1e-3 for real models).
     validate: compare with torch before writing (on failure: ValidationError, no bundle).
     overwrite: replace an existing bundle. progress: show a progress bar on stderr.
-    slim: rewrite the graph with onnxslim (constant folding, dead nodes, fusions: 7,426 → 2,848
-        nodes on SmolLM2), checked against the unslimmed graph before it replaces it.
+    graph: "fused" writes ortrefine's own graph of ONNX Runtime contrib ops (GroupQueryAttention,
+        SkipSimplifiedLayerNormalization, RotaryEmbedding; 441 nodes on SmolLM2, llama models only),
+        checked against Optimum's export and torch; "optimum" keeps Optimum's graph (7,426 nodes);
+        "auto" is fused where supported.
+    slim: rewrite Optimum's graph with onnxslim (constant folding, dead nodes, fusions: 7,426 →
+        2,848 nodes on SmolLM2), checked against the unslimmed graph before it replaces it.
     """
 
     source: str
@@ -41,6 +45,27 @@ class ExportConfig:
     overwrite: bool = False
     progress: bool = False
     slim: bool = False
+    graph: str = "auto"
+
+    def __post_init__(self) -> None:
+        from ortrefine.errors import ConfigError
+
+        if self.graph not in GRAPHS:
+            raise ConfigError(f"unknown graph {self.graph!r}; choose one of {', '.join(GRAPHS)}")
+        if self.slim and self.graph == "fused":
+            raise ConfigError("--slim cleans up Optimum's graph; it does not apply to --graph fused")
+
+
+GRAPHS = ("auto", "fused", "optimum")
+
+
+def graph_kind(cfg: ExportConfig, config: Any) -> str:
+    """The graph to write: auto means fused for the architectures llama_graph supports (not with --slim)."""
+    from ortrefine.export.llama_graph import SUPPORTED
+
+    if cfg.graph == "auto":
+        return "fused" if config.model_type in SUPPORTED and not cfg.slim else "optimum"
+    return cfg.graph
 
 
 @dataclass
@@ -130,7 +155,13 @@ def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: Export
         tokenizer.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         graph = None
-        if cfg.slim:
+        kind = graph_kind(cfg, model.config)
+        if kind == "fused":
+            from ortrefine.export.llama_graph import replace_with_fused
+
+            steps.set_postfix_str("fuse")
+            graph = replace_with_fused(model, tmp / "model.onnx", atol)
+        elif cfg.slim:
             from ortrefine.export.fuse import slim_bundle_graph
 
             steps.set_postfix_str("slim")
@@ -154,7 +185,7 @@ def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: Export
             "context_length": int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)),
             "chat_template": bool(getattr(tokenizer, "chat_template", None)),
             "validation": {"atol": atol, "checks": checks},
-            "graph": graph,
+            "graph": {"kind": kind, **(graph or {})},
         }
         manifest = write_manifest(tmp, manifest)
         steps.update()

@@ -242,6 +242,7 @@ def untie_lm_head(model: "onnx.ModelProto") -> list[dict[str, Any]]:
     """Make every MatMul weight computed as Transpose(initializer) a constant initializer of its own.
 
     The tied lm_head of Optimum's export is `MatMul(hidden, Transpose(embed_tokens.weight))`; the
+    fused graph's (llama_graph.py) is `FusedMatMul(hidden, embed_tokens.weight, transB=1)`. The
     transposed copy is stored (exactly: a copy, no arithmetic) and the Transpose dropped when
     nothing else reads it. Returns what was untied: [{matmul, weight, shape}].
     """
@@ -251,7 +252,7 @@ def untie_lm_head(model: "onnx.ModelProto") -> list[dict[str, Any]]:
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     made: dict[str, str] = {}
-    untied = []
+    untied = _untie_fused_matmuls(graph, inits)
     for node in graph.node:
         if node.op_type != "MatMul" or node.input[1] in inits:
             continue
@@ -272,6 +273,34 @@ def untie_lm_head(model: "onnx.ModelProto") -> list[dict[str, Any]]:
     dead = [n for n in graph.node if n.op_type == "Transpose" and n.output[0] in made and n.output[0] not in still_read]
     for n in dead:
         graph.node.remove(n)
+    return untied
+
+
+def _plain_transposed_b(node: Any) -> bool:
+    """A FusedMatMul that is exactly A @ Bᵀ (no transA, no batch transposes, alpha 1)."""
+    attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
+    return (node.op_type == "FusedMatMul" and attrs.get("transB", 0) == 1 and attrs.get("transA", 0) == 0
+            and attrs.get("alpha", 1.0) == 1.0 and not attrs.get("transBatchA", 0) and not attrs.get("transBatchB", 0))
+
+
+def _untie_fused_matmuls(graph: Any, inits: dict[str, Any]) -> list[dict[str, Any]]:
+    """Replace FusedMatMul(x, W, transB=1) over a 2-D float initializer by MatMul(x, Wᵀ as a constant)."""
+    from onnx import helper, numpy_helper
+
+    untied = []
+    for idx, node in enumerate(list(graph.node)):
+        if not _plain_transposed_b(node) or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if weight.ndim != 2 or weight.dtype.kind != "f":
+            continue
+        name = f"{node.input[1]}.untied_T"
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(weight.T.copy(), name)
+            graph.initializer.append(inits[name])
+        graph.node.remove(node)
+        graph.node.insert(idx, helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name))
+        untied.append({"matmul": node.name, "weight": node.input[1], "shape": list(weight.T.shape)})
     return untied
 
 
@@ -342,8 +371,12 @@ def _dynamic(model: "onnx.ModelProto", cfg: QuantizeConfig, folder: Path) -> Non
     with quiet_ort_logging():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        from onnx import TensorProto
+
+        # shape inference cannot type the outputs of contrib ops (the fused graph): they are float
         quantize_dynamic(model, folder / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=False,
-                         reduce_range=False, use_external_data_format=model.ByteSize() >= _TWO_GB)
+                         reduce_range=False, use_external_data_format=model.ByteSize() >= _TWO_GB,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
 
 
 def _fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":

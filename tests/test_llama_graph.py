@@ -1,0 +1,95 @@
+"""The fused llama graph: what it is made of, that it agrees with Optimum's export and torch on the
+runtime's mask layouts, and that a disagreeing or unsupported graph never becomes a bundle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import ortrefine
+from ortrefine.errors import ConfigError, ExportError, ValidationError
+from ortrefine.export.onnx_export import ExportConfig, export_bundle
+
+
+def _manifest(path):
+    return json.loads((path / "ortrefine.json").read_text())
+
+
+def test_default_llama_export_is_fused_and_checked(tiny_bundles, optimum_llama_bundle):
+    g = _manifest(tiny_bundles["llama"])["graph"]
+    assert g["kind"] == "fused"
+    assert g["ops_after"]["GroupQueryAttention"] == 2 and g["ops_after"]["RotaryEmbedding"] == 4
+    assert g["nodes_after"] < g["nodes_before"] / 4  # tiny llama: 49 vs Optimum's few hundred
+    vs = g["vs_optimum"]
+    assert vs["max_abs_diff"] <= 1e-4 and vs["max_kv_diff"] <= 1e-4 and vs["greedy_equal"]
+    assert _manifest(optimum_llama_bundle)["graph"]["kind"] == "optimum"
+    assert _manifest(tiny_bundles["gpt2"])["graph"]["kind"] == "optimum"  # auto: fused for llama only
+
+
+def test_mid_padded_kv_matches_torch(tiny_bundles, tiny_torch):
+    """The refiner's layout: prefix KV, a masked gap, then new tokens; logits as if the gap were absent."""
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    model, _ = tiny_torch["llama"]
+    prefix, gap, new = [5, 9, 11, 13], [17, 19, 23], [29, 31]
+    head = lm.forward(np.array([prefix + gap]))
+    mask = np.array([[1] * len(prefix) + [0] * len(gap) + [1] * len(new)])
+    out = lm.forward(np.array([new]), head.kv, attention_mask=mask)
+    with torch.no_grad():
+        ref = model(torch.tensor([prefix + new])).logits[0, -len(new):].numpy()
+    np.testing.assert_allclose(out.logits[0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_multi_token_step_on_a_cache(tiny_bundles, tiny_torch):
+    """Batch > 1 with several new tokens over a past (GroupQueryAttention needs query_seqlens for it)."""
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    model, _ = tiny_torch["llama"]
+    rows = np.array([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    head = lm.forward(rows[:, :2])
+    out = lm.forward(rows[:, 2:], head.kv)
+    with torch.no_grad():
+        ref = model(torch.tensor(rows)).logits[:, 2:].numpy()
+    np.testing.assert_allclose(out.logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_disagreeing_fused_graph_is_refused(tmp_path, monkeypatch):
+    from ortrefine.export import llama_graph
+
+    real = llama_graph.build_llama_graph
+
+    def broken(model, *a, **k):
+        proto = real(model, *a, **k)
+        from onnx import numpy_helper
+
+        init = next(t for t in proto.graph.initializer if t.name == "layers.0.mlp.down.weight")
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3.0, init.name))
+        return proto
+
+    monkeypatch.setattr(llama_graph, "build_llama_graph", broken)
+    out = tmp_path / "bad"
+    with pytest.raises(ValidationError, match="fused graph disagrees with Optimum's export"):
+        export_bundle(ExportConfig("tiny:llama", output=out))
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_unsupported_choices_are_refused(tmp_path):
+    with pytest.raises(ExportError, match="supports llama models, not 'gpt2'"):
+        export_bundle(ExportConfig("tiny:gpt2", output=tmp_path / "g", graph="fused"))
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(ConfigError, match="does not apply to --graph fused"):
+        ExportConfig("tiny:llama", slim=True, graph="fused")
+    with pytest.raises(ConfigError, match="unknown graph"):
+        ExportConfig("tiny:llama", graph="genai")
+
+
+def test_cli_graph_option(tmp_path):
+    from ortrefine.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["export", "tiny:llama", str(tmp_path / "o"), "--graph", "optimum"])
+    assert r.exit_code == 0, r.output
+    assert "optimum graph" in r.output and _manifest(tmp_path / "o")["graph"]["kind"] == "optimum"
+    r = CliRunner().invoke(cli, ["export", "tiny:llama", str(tmp_path / "x"), "--graph", "genai"])
+    assert r.exit_code == 2 and "genai" in r.output
