@@ -14,8 +14,11 @@ Contenders:
 - torch: transformers `generate` on the fp32 checkpoint (dequantized from the catalog's GGUF
   via `load_source`), `min_new_tokens = max_new_tokens` so eos cannot end it; at 1 thread and at
   torch's default thread count. Time to first token from a streamer's first new-token callback.
-- Optimum: `ORTModelForCausalLM.from_pretrained(<bundle folder>, use_cache=True)` (fp32 and
-  int4 bundles), `generate` as for torch, with torch held to 1 thread.
+- Optimum: `ORTModelForCausalLM.from_pretrained(<bundle folder>, use_cache=True)` on bundles of
+  Optimum's own graph (fp32 and int4; `ortrefine export smollm2-135m models/smollm2-135m-optimum
+  --graph optimum`, then `ortrefine quantize models/smollm2-135m-optimum --to int4`), `generate`
+  as for torch, with torch held to 1 thread. ortrefine also runs those bundles ("-optimum"), so
+  the fused graph's share of the gain shows in the same run.
 - onnxruntime-genai: models built by its model builder (fp32, int4) in a separate venv with a
   newer transformers; a worker process in that venv loads them once and decodes on request
   (JSON over stdin/stdout), so it takes turns like the others; `min_length = max_length` keeps
@@ -54,7 +57,10 @@ from common import MODELS, Run, append_results, markdown_table, median, spread, 
 
 from ortrefine.cli.bench_cmd import DECODE_PROMPT, DecodeRun, decode_fixed, memory_bandwidth, weight_bytes
 
-BUNDLES = ["smollm2-135m", "smollm2-135m-int8", "smollm2-135m-int4", "smollm2-135m-int4-emb", "smollm2-135m-int8-dynamic"]
+BUNDLES = ["smollm2-135m", "smollm2-135m-int8", "smollm2-135m-int4", "smollm2-135m-int4-emb", "smollm2-135m-int8-dynamic",
+           "smollm2-135m-optimum", "smollm2-135m-optimum-int4-emb"]
+# Optimum runs its own export (not ortrefine's fused graph, which it could also load)
+OPTIMUM_BUNDLES = ["smollm2-135m-optimum", "smollm2-135m-optimum-int4"]
 GENAI_VENV = Path("/tmp/genai-venv")
 GENAI_MODELS = {"fp32": Path("/tmp/genai/smollm2-fp32"), "int4": Path("/tmp/genai/smollm2-int4")}
 
@@ -377,7 +383,7 @@ def main() -> None:
         if model is not None:
             contenders += [TorchContender(model, 1, pad_id), TorchContender(model, None, pad_id)]
     if not args.no_optimum:
-        for b in ("smollm2-135m", "smollm2-135m-int4"):
+        for b in OPTIMUM_BUNDLES:
             if (MODELS / b).exists():
                 c = try_setup(failed, f"Optimum ORTModelForCausalLM {b}", "optimum", "?", lambda b=b: OptimumContender(MODELS / b, args.threads))
                 contenders += [c] if c else []

@@ -75,8 +75,8 @@ def export(source: str, output: Path | None, revision: str | None, opset: int | 
     r = export_bundle(ExportConfig(source, output, revision, opset, atol, not no_validate, overwrite, progress=True, slim=slim, graph=graph))
     diff = "not validated" if r.max_abs_diff is None else f"max |Δlogits| vs torch {r.max_abs_diff:.2e}"
     g = r.manifest["graph"]
-    kind = g["kind"] + (f", {g['nodes_after']} nodes" if "nodes_after" in g else "")
-    click.echo(f"wrote {r.path} ({sum(f['bytes'] for f in r.manifest['files'].values()) / 1e6:.1f} MB, {kind} graph, {diff}, {r.seconds:.1f}s)")
+    kind = g["kind"] + " graph" + (f" of {g['nodes_after']} nodes" if "nodes_after" in g else "")
+    click.echo(f"wrote {r.path} ({sum(f['bytes'] for f in r.manifest['files'].values()) / 1e6:.1f} MB, {kind}, {diff}, {r.seconds:.1f}s)")
 
 
 @cli.command()
