@@ -57,7 +57,7 @@ class FakeLM(LM):
     def empty_kv(self, batch: int) -> KVCache:
         return KVCache([np.zeros((batch, 1, 0, 1), dtype=np.float32)])
 
-    def forward(self, input_ids, past=None, attention_mask=None) -> ForwardOutput:
+    def forward(self, input_ids, past=None, attention_mask=None, keep_last=None) -> ForwardOutput:
         input_ids = np.asarray(input_ids, dtype=np.int64)
         B, S = input_ids.shape
         past = past if past is not None else self.empty_kv(B)
@@ -74,6 +74,8 @@ class FakeLM(LM):
                 logits[b, s] = self.next_logprobs(ctx)
         self.forward_tokens += B * S
         self.calls += 1
+        if keep_last is not None:
+            logits = logits[:, -keep_last:]
         return ForwardOutput(logits=logits, kv=KVCache([cache[:, None, :, None].astype(np.float32)]))
 
 

@@ -93,3 +93,17 @@ def test_cli_graph_option(tmp_path):
     assert "optimum graph" in r.output and _manifest(tmp_path / "o")["graph"]["kind"] == "optimum"
     r = CliRunner().invoke(cli, ["export", "tiny:llama", str(tmp_path / "x"), "--graph", "genai"])
     assert r.exit_code == 2 and "genai" in r.output
+
+
+@pytest.mark.parametrize("variant", ["fused", "optimum"])
+def test_keep_last_logits_equal_the_tail_of_all(variant, tiny_bundles, optimum_llama_bundle):
+    """keep_last skips the lm_head elsewhere (fused graph input) or slices (other graphs): same numbers."""
+    lm = ortrefine.load(tiny_bundles["llama"] if variant == "fused" else optimum_llama_bundle, provider="cpu")
+    assert lm.has_logits_to_keep == (variant == "fused")
+    ids = np.array([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    full = lm.forward(ids)
+    for k in (1, 3, 6, 50):
+        part = lm.forward(ids, keep_last=k)
+        assert part.logits.shape == (2, min(k, 6), full.logits.shape[2])
+        np.testing.assert_allclose(part.logits, full.logits[:, -min(k, 6):], atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(part.kv.arrays[0], full.kv.arrays[0])

@@ -57,7 +57,7 @@ def decode_fixed(lm: "LM", prompt_ids: Sequence[int], n: int) -> DecodeRun:
     import numpy as np
 
     t0 = time.perf_counter()
-    out = lm.prefill(prompt_ids)                   # logits: (1, P, vocab) float32
+    out = lm.prefill(prompt_ids, keep_last=1)      # logits: (1, 1, vocab) float32
     ids = [int(out.logits[0, -1].argmax())]
     ttft = time.perf_counter() - t0
     for _ in range(n - 1):
@@ -157,7 +157,7 @@ def scoring_once(lm: "LM", shared: "np.ndarray", suffixes: "np.ndarray") -> Scor
     t0 = time.perf_counter()
     plain = lm.forward(full)
     t1 = time.perf_counter()
-    head = lm.prefill(shared)                           # (1, prefix) and its KV
+    head = lm.prefill(shared, keep_last=1)              # (1, prefix) and its KV; last logits only
     out, _ = lm.extend(head.kv, suffixes.tolist())      # (batch, suffix) on the KV repeated to batch
     t2 = time.perf_counter()
     diff = float(np.abs(plain.logits[:, len(shared):] - out.logits).max())

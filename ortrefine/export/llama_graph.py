@@ -38,6 +38,8 @@ from ortrefine.errors import ExportError
 MS = "com.microsoft"
 MASK_BIAS = -1.0e9
 SUPPORTED = ("llama",)
+LOGITS_TO_KEEP = "logits_to_keep"
+KEEP_ALL = 1 << 62  # Slice clamps -KEEP_ALL to the first position
 
 
 @dataclass
@@ -200,6 +202,19 @@ def _norm(b: _Builder, s: LlamaShape, name: str, x: str, residual: str | None, w
     return out[0], out[3]
 
 
+def _keep_last_positions(b: _Builder, h: str) -> str:
+    """h[:, -logits_to_keep:] before the lm_head.
+
+    A prefix pass needs the logits of its last position only, yet the lm_head is a fifth of the
+    model's FLOPs per position. ``logits_to_keep`` is an input with a default (an initializer of
+    the same name: every position), so callers that do not know it get the full logits.
+    """
+    b.init(LOGITS_TO_KEEP, np.array([KEEP_ALL], np.int64))
+    b.init("keep_end", np.array([KEEP_ALL], np.int64))
+    b.node("Neg", [LOGITS_TO_KEEP], ["keep_start"], "keep_start")
+    return b.node("Slice", [h, "keep_start", "keep_end", "i1"], ["hidden_kept"], "keep_last")[0]
+
+
 def build_llama_graph(model: Any, opset: int = 17) -> Any:
     """The fused ModelProto of a transformers LlamaForCausalLM (weights as fp32 initializers)."""
     from onnx import TensorProto, helper
@@ -220,6 +235,7 @@ def build_llama_graph(model: Any, opset: int = 17) -> Any:
         m = _mlp(b, s, i, h, layer)
         nxt = core.layers[i + 1].input_layernorm.weight if i + 1 < s.layers else core.norm.weight
         h, residual = _norm(b, s, f"layers.{i + 1}.input_norm" if i + 1 < s.layers else "final_norm", m, residual, nxt)
+    h = _keep_last_positions(b, h)
     head = model.lm_head.weight
     if head.data_ptr() == core.embed_tokens.weight.data_ptr():
         # tied: read the embedding transposed instead of storing a second copy (quantize unties it)
@@ -229,8 +245,9 @@ def build_llama_graph(model: Any, opset: int = 17) -> Any:
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
-              helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", s.vocab])]
+              helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"]),
+              helper.make_tensor_value_info(LOGITS_TO_KEEP, i64, [1])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length", s.vocab])]
     for i in range(s.layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32,

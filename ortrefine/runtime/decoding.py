@@ -152,7 +152,7 @@ def _sample_logits(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Gen
 
 def _stepwise(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig, pick: Callable[[np.ndarray], int]) -> Decoded:
     """The one decode loop: last logits → pick a token → stop checks → one-token forward."""
-    out = lm.prefill(prompt_ids)
+    out = lm.prefill(prompt_ids, keep_last=1)
     ids: list[int] = []
     lps: list[float] = []
     for step in range(cfg.max_new_tokens):
@@ -200,7 +200,7 @@ def beam(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
     done_scores = np.full(nb, neg, dtype=np.float32)
     done = np.zeros(nb, dtype=bool)
     unsatisfied = True
-    out = lm.prefill(prompt_ids)
+    out = lm.prefill(prompt_ids, keep_last=1)
     logits, kv = np.repeat(out.logits[:, -1], nb, axis=0), out.kv.repeat(nb)
     cur = P
     while True:

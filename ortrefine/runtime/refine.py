@@ -360,7 +360,7 @@ class _Refiner:
 
     def start(self, prompt_ids: list[int]) -> None:
         """One pass over the prompt; every later pass reuses its cache."""
-        head = self.lm.prefill(prompt_ids)
+        head = self.lm.prefill(prompt_ids, keep_last=1)
         self.cost.forward_tokens += len(prompt_ids)
         self.cost.passes += 1
         self.prompt_kv, self.prompt_last = head.kv, head.logits[0, -1]

@@ -188,6 +188,8 @@ class LM:
         if missing:
             raise BundleError(f"{self.bundle.model_file}: graph lacks outputs {missing}")
         self.has_position_ids = "position_ids" in inputs
+        # the fused graph's (export/llama_graph.py); an input with a default is an overridable initializer
+        self.has_logits_to_keep = any(i.name == "logits_to_keep" for i in self.session.get_overridable_initializers())
         self.input_dtypes = {n: _ORT_DTYPES.get(i.type, np.float32) for n, i in inputs.items()}
         first = inputs[self.past_names[0]]
         cfg = self.bundle.config
@@ -212,11 +214,14 @@ class LM:
         return KVCache([np.zeros(shape, dtype=self.kv_dtype) for _ in self.past_names])
 
     # -- forward ---------------------------------------------------------------------------
-    def forward(self, input_ids: np.ndarray, past: KVCache | None = None, attention_mask: np.ndarray | None = None) -> ForwardOutput:
+    def forward(self, input_ids: np.ndarray, past: KVCache | None = None, attention_mask: np.ndarray | None = None,
+                keep_last: int | None = None) -> ForwardOutput:
         """One pass of `input_ids` (batch, new) on top of `past`.
 
         attention_mask: (batch, past + new) int64, 0 at left padding; all ones by default.
         position_ids are derived from the mask, so left-padded rows count from their first token.
+        keep_last: logits of the last `keep_last` positions only (batch, keep_last, vocab). Graphs
+        with a `logits_to_keep` input skip the lm_head elsewhere; others are sliced afterwards.
         """
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         batch, new = input_ids.shape
@@ -234,14 +239,20 @@ class LM:
             pos = np.cumsum(attention_mask, axis=1) - 1
             pos[attention_mask == 0] = 1
             feed["position_ids"] = np.ascontiguousarray(pos[:, -new:]).astype(self.input_dtypes["position_ids"], copy=False)
+        if keep_last is not None and self.has_logits_to_keep:
+            feed["logits_to_keep"] = np.array([min(int(keep_last), new)], dtype=np.int64)
         self.forward_tokens += batch * new
         if self.use_io_binding:
-            return self._forward_io_binding(feed, past)
-        for name, arr in zip(self.past_names, past.arrays):
-            feed[name] = np.ascontiguousarray(arr)
-        outs = self.session.run(self.output_names, feed)
-        logits = outs[0] if outs[0].dtype == np.float32 else outs[0].astype(np.float32)
-        return ForwardOutput(logits=logits, kv=KVCache(list(outs[1:])))
+            out = self._forward_io_binding(feed, past)
+        else:
+            for name, arr in zip(self.past_names, past.arrays):
+                feed[name] = np.ascontiguousarray(arr)
+            outs = self.session.run(self.output_names, feed)
+            logits = outs[0] if outs[0].dtype == np.float32 else outs[0].astype(np.float32)
+            out = ForwardOutput(logits=logits, kv=KVCache(list(outs[1:])))
+        if keep_last is not None and out.logits.shape[1] > keep_last:
+            out = ForwardOutput(logits=out.logits[:, -keep_last:], kv=out.kv)
+        return out
 
     def _forward_io_binding(self, feed: dict[str, np.ndarray], past: KVCache) -> ForwardOutput:
         """CUDA: logits come back to the host, the present KV stays on the device for the next step."""
@@ -281,9 +292,10 @@ class LM:
         return ids
 
     # -- scoring ---------------------------------------------------------------------------
-    def prefill(self, ids: Sequence[int]) -> ForwardOutput:
-        """Batch-1 pass over a whole sequence: logits at every position and its KV cache."""
-        return self.forward(np.asarray([ids], dtype=np.int64))
+    def prefill(self, ids: Sequence[int], keep_last: int | None = None) -> ForwardOutput:
+        """Batch-1 pass over a whole sequence: its KV cache and the logits at every position (or
+        at the last `keep_last`: what decoding and scoring from a prompt need)."""
+        return self.forward(np.asarray([ids], dtype=np.int64), keep_last=keep_last)
 
     def extend(self, past: KVCache, suffixes: Sequence[Sequence[int]], pad_id: int | None = None) -> tuple[ForwardOutput, np.ndarray]:
         """Batched pass of K right-padded suffixes on top of one shared (or per-row) prefix cache.
@@ -313,7 +325,7 @@ class LM:
         """log p of each continuation given the prompt: one prompt pass, one batched pass."""
         if not continuations or any(len(c) == 0 for c in continuations):
             raise ValueError("score() needs at least one non-empty continuation")
-        head = self.prefill(prompt_ids)
+        head = self.prefill(prompt_ids, keep_last=1)
         out, lengths = self.extend(head.kv, continuations)
         K = len(continuations)
         targets = np.zeros(out.logits.shape[:2], dtype=np.int64)
