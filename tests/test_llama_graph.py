@@ -26,6 +26,10 @@ def test_default_llama_export_is_fused_and_checked(tiny_bundles, optimum_llama_b
     assert g["nodes_after"] < g["nodes_before"] / 4  # tiny llama: 49 vs Optimum's few hundred
     vs = g["vs_optimum"]
     assert vs["max_abs_diff"] <= 1e-4 and vs["max_kv_diff"] <= 1e-4 and vs["greedy_equal"]
+    # weights beside the graph (memory-mapped at load), readable like the rest of the bundle
+    graph, data = tiny_bundles["llama"] / "model.onnx", tiny_bundles["llama"] / "model.onnx_data"
+    assert data.stat().st_size > 10 * graph.stat().st_size and data.stat().st_mode == graph.stat().st_mode
+    assert set(_manifest(tiny_bundles["llama"])["files"]) >= {"model.onnx", "model.onnx_data"}
     assert _manifest(optimum_llama_bundle)["graph"]["kind"] == "optimum"
     assert _manifest(tiny_bundles["gpt2"])["graph"]["kind"] == "optimum"  # auto: fused for llama only
 

@@ -52,7 +52,6 @@ GPTQ_REFUSAL = ("--algo gptq is refused: onnxruntime 1.32's GPTQ port propagates
                 "column of the upper-triangular inverse Hessian, zero below the diagonal), so its weights equal "
                 "round-to-nearest; use --algo rtn (same result, no calibration) or --algo hqq")
 DEFAULT_ACCURACY_LEVEL = 4  # int8 compute in MatMulNBits: 8-bit without it decodes at 6.7 tok/s (FACTS.md)
-_TWO_GB = 2_000_000_000  # protobuf limit: bigger models go to model.onnx_data
 
 @dataclass
 class QuantizeConfig:
@@ -318,15 +317,12 @@ def _embedding_gathers(model: "onnx.ModelProto") -> tuple[list[str], list[str]]:
 
 
 def save_model(model: "onnx.ModelProto", folder: Path) -> Path:
-    """Write model.onnx (with model.onnx_data beside it past the 2 GB protobuf limit)."""
-    import onnx
+    """Write model.onnx with its weights in model.onnx_data beside it (memory-mapped at load:
+    llama_graph.save_with_external_data)."""
+    from ortrefine.export.llama_graph import save_with_external_data
 
     path = folder / MODEL_FILE
-    if model.ByteSize() < _TWO_GB:
-        onnx.save_model(model, str(path))
-    else:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=MODEL_FILE + "_data", size_threshold=1024)
+    save_with_external_data(model, path)
     return path
 
 
@@ -375,8 +371,10 @@ def _dynamic(model: "onnx.ModelProto", cfg: QuantizeConfig, folder: Path) -> Non
 
         # shape inference cannot type the outputs of contrib ops (the fused graph): they are float
         quantize_dynamic(model, folder / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=False,
-                         reduce_range=False, use_external_data_format=model.ByteSize() >= _TWO_GB,
+                         reduce_range=False, use_external_data_format=True,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    for data in folder.glob(MODEL_FILE + "*data"):  # written owner-only; give it the graph's mode
+        shutil.copymode(folder / MODEL_FILE, data)
 
 
 def _fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":
