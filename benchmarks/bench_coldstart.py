@@ -9,7 +9,7 @@ files were read before; dropping the cache would disturb the other jobs on this 
 Then, to say where the time goes: `python -X importtime -c 'import ortrefine'` (largest
 cumulative imports) and, in one fresh process, the phases of the generate command timed inside
 (`import ortrefine.cli.main`, `ortrefine.load` with session creation, encode, first token, the
-command's closing log-prob pass).
+(generate takes its log-probs from the decode loop: no closing pass since b7ba828)).
 
     python benchmarks/bench_coldstart.py [--reps 5] [--model models/smollm2-135m] [--no-append]
 """
@@ -36,13 +36,11 @@ lm = ortrefine.load(sys.argv[1], provider="cpu")
 t2 = time.perf_counter()
 ids = lm.encode_prompt(sys.argv[2], max_new_tokens=1)
 t3 = time.perf_counter()
-out = lm.prefill(ids)
+out = lm.prefill(ids, keep_last=1)
 token = int(out.logits[0, -1].argmax())
 t4 = time.perf_counter()
-lm.score(ids, [[token]])
-t5 = time.perf_counter()
 print(json.dumps({"import ortrefine.cli.main": t1 - t0, "ortrefine.load (bundle + session + tokenizer)": t2 - t1,
-                  "encode prompt": t3 - t2, "prefill + first token": t4 - t3, "generate's closing log-prob pass": t5 - t4}))
+                  "encode prompt": t3 - t2, "prefill + first token": t4 - t3}))
 '''
 
 
