@@ -8,8 +8,8 @@ files were read before; dropping the cache would disturb the other jobs on this 
   this interpreter): process start to exit after printing the first token.
 Then, to say where the time goes: `python -X importtime -c 'import ortrefine'` (largest
 cumulative imports) and, in one fresh process, the phases of the generate command timed inside
-(`import ortrefine.cli.main`, `ortrefine.load` with session creation, encode, first token, the
-(generate takes its log-probs from the decode loop: no closing pass since b7ba828)).
+(`import ortrefine.cli.main`, `ortrefine.load` with session creation, encode, first token;
+generate takes its log-probs from the decode loop, so there is no closing pass).
 
     python benchmarks/bench_coldstart.py [--reps 5] [--model models/smollm2-135m] [--no-append]
 """
