@@ -3,8 +3,9 @@
 Every contender decodes exactly --tokens greedy tokens (eos ignored) from the same ~10-token
 prompt ids (from `tokenizers`), after one warm-up; then the contenders take turns for --reps
 rounds (the order rotates each round) and the medians are compared. Between two contenders of a
-round this machine's single-thread memory read bandwidth is measured (numpy sum over a 512 MiB
-float32 array), so the "weights read per token × tok/s" share is taken against a bandwidth
+round this machine's memory read bandwidth is measured (best of numpy max and an sgemv over a
+512 MiB float32 array: `ortrefine.cli.bench_cmd.memory_bandwidth`; until 2026-11-29 11:40 UTC it was a
+numpy sum, which is compute-limited at ~25 GB/s and overstated every share by ~30 %), so the "weights read per token × tok/s" share is taken against a bandwidth
 measured under the same load.
 
 Contenders:
@@ -463,7 +464,7 @@ def main() -> None:
         "rounds after a warm-up, contenders taking turns (start rotating each round). ortrefine: timed loop over "
         "`lm.prefill`/`lm.forward` (`ortrefine.cli.bench_cmd.decode_fixed`). torch/Optimum: `generate(min_new_tokens=max_new_tokens)`, "
         "TTFT from a streamer. genai: worker process in its own venv, `min_length=max_length`.",
-        f"Memory read bandwidth (1 thread, numpy sum over {args.bandwidth_mb} MiB), measured {len(bandwidths)}× between contenders: "
+        f"Memory read bandwidth (best of numpy max and sgemv over {args.bandwidth_mb} MiB), measured {len(bandwidths)}× between contenders: "
         f"{spread([b / 1e9 for b in bandwidths])} GB/s. \"GB/s\" below = weight bytes (graph initializers; torch: parameters) × tok/s.",
         "",
         markdown_table(["contender", "precision", "weights MB", "tok/s", "TTFT ms", "GB/s", "of bandwidth", "tokens",

@@ -22,7 +22,7 @@ def test_bench_decode(tiny_bundles):
     assert lines[0].startswith(f"{tiny_bundles['llama']} (fp32, cpu), 5 tokens, median of 2")
     assert lines[1:3] == ["| figure | value |", "|---|---|"]
     rows = [line.split(" | ")[0].lstrip("| ") for line in lines[3:]]
-    assert rows == ["decode", "time to first token", "weights read per token", "memory read bandwidth (1 thread)",
+    assert rows == ["decode", "time to first token", "weights read per token", "memory read bandwidth (numpy max / sgemv)",
                     "weights × tok/s / bandwidth"]
     assert re.search(r"\| decode \| [\d.]+ \([\d.]+–[\d.]+\) tok/s \|", r.output)
 

@@ -90,6 +90,7 @@ def test_each_target_changes_graph_loads_generates(parent, to):
     pman = json.loads((parent / "ortrefine.json").read_text())
     assert man["precision"] == to and man["name"] == f"tiny-llama-{to}"
     assert man["parent"]["name"] == "tiny-llama" and man["parent"]["sha256"] == sha256_file(parent / "model.onnx")
+    assert man["parent"]["weights_sha256"] == sha256_file(parent / "model.onnx_data")
     assert man["special_tokens"] == pman["special_tokens"] and man["context_length"] == pman["context_length"]
     assert man["source"] == pman["source"]
     assert man["batch_invariant"] is (to != "int8-dynamic")

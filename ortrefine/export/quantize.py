@@ -497,6 +497,8 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
                 "path": str(parent_bundle.path),
                 "precision": parent_bundle.precision,
                 "sha256": parent_files.get(MODEL_FILE, {}).get("sha256") or sha256_file(parent_bundle.model_file),
+                # the graph file only references the weights when they live beside it
+                "weights_sha256": parent_files.get(MODEL_FILE + "_data", {}).get("sha256"),
             },
             "quantization": _settings(cfg, untied, ops),
             "quality_gate": report.to_dict(),
