@@ -32,6 +32,8 @@ def test_default_llama_export_is_fused_and_checked(tiny_bundles, optimum_llama_b
     assert set(_manifest(tiny_bundles["llama"])["files"]) >= {"model.onnx", "model.onnx_data"}
     assert _manifest(optimum_llama_bundle)["graph"]["kind"] == "optimum"
     assert _manifest(tiny_bundles["gpt2"])["graph"]["kind"] == "optimum"  # auto: fused for llama only
+    for other in (optimum_llama_bundle, tiny_bundles["gpt2"]):  # Optimum's graphs keep their weights beside too
+        assert (other / "model.onnx_data").stat().st_size > (other / "model.onnx").stat().st_size
 
 
 def test_mid_padded_kv_matches_torch(tiny_bundles, tiny_torch):

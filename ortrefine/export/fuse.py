@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ortrefine.errors import BundleError, MissingExtraError, ValidationError
+from ortrefine.export.llama_graph import save_with_external_data
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +202,11 @@ def slim_bundle_graph(model_path: str | Path, out_path: str | Path, atol: float 
         raise ValidationError(f"onnxslim refused {model_path} (its own check failed); keep the unslimmed graph")
     ops_after = Counter(n.op_type for n in slimmed.graph.node)
     bytes_before = _file_bytes(model_path)
-    external = bytes_before > 1_900_000_000  # protobuf's 2 GB limit: keep the weights beside the graph
     out_path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.slim-", dir=out_path.parent))
     staged = stage / out_path.name
     try:
-        if external:
-            onnx.save(slimmed, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=out_path.name + "_data")
-        else:
-            onnx.save(slimmed, str(staged))
+        save_with_external_data(slimmed, staged)  # weights beside the graph, as in every bundle
         del slimmed
         candidate = _Graph(str(staged), _kv_fallback(cfg))
         vocab = int(cfg.get("vocab_size") or 2)

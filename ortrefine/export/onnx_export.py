@@ -166,6 +166,8 @@ def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: Export
 
             steps.set_postfix_str("slim")
             graph = slim_bundle_graph(tmp / "model.onnx", tmp / "model.onnx").to_dict()
+        if kind == "optimum":
+            externalize_weights(tmp / "model.onnx")
         steps.update()
         checks: list[dict[str, Any]] = []
         if cfg.validate:
@@ -192,6 +194,18 @@ def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: Export
     steps.close()
     worst = max((c["max_abs_diff"] for c in checks), default=None)
     return ExportResult(out, manifest, worst, time.perf_counter() - t0, checks)
+
+
+def externalize_weights(model_file: Path) -> None:
+    """Move the weights of a single-file graph into model.onnx_data beside it (memory-mapped at load,
+    like the fused and quantized bundles: llama_graph.save_with_external_data)."""
+    import onnx
+
+    from ortrefine.export.llama_graph import save_with_external_data
+
+    if model_file.with_name(model_file.name + "_data").exists():
+        return
+    save_with_external_data(onnx.load(str(model_file)), model_file)
 
 
 def validate_bundle_prepared(tmp: Path, model: Any, tokenizer: Any, src: Source, atol: float) -> list[dict[str, Any]]:
