@@ -38,6 +38,39 @@ def test_exact_trace_greedy_trap(mode):
     assert r.final_retokenized["same_ids"] and r.stop_reason == "sweeps"
 
 
+class LayoutDependentLM:
+    """The TRAP table, except that a plain pass (no attention mask: how the refiner rebuilds its
+    state) finds 'd' after 'c' far less likely than the refiner's batched candidate passes do: a
+    stand-in for kernels whose numerics depend on the batch layout (int4 MatMulNBits differs by
+    ~0.1 nats on SmolLM2)."""
+
+    def __init__(self) -> None:
+        self.inner = table_lm(TRAP)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def forward(self, input_ids, past=None, attention_mask=None, keep_last=None):
+        out = self.inner.forward(input_ids, past, attention_mask)
+        if attention_mask is None:
+            after_c = np.asarray(input_ids) == CHARS.index("c")
+            out.logits[after_c, CHARS.index("d")] -= 5.0
+        if keep_last is not None:
+            out.logits = out.logits[:, -keep_last:]
+        return out
+
+
+@pytest.mark.parametrize("mode", ["keep", "regenerate"])
+def test_edit_accepted_only_if_the_full_pass_agrees(mode):
+    """Batched scoring says b → c gains (as in the trap); the full pass says "cd" is worse: no edit."""
+    lm = LayoutDependentLM()
+    r = refine(lm, "a", RefineConfig(mode=mode, top_k=3, max_new_tokens=2, sweeps=3))
+    assert r.initial.text == "bd"
+    assert r.final.text == "bd" and r.edits == []
+    assert r.cost.rescore_rejected >= 1 and r.stop_reason == "converged"
+    assert r.objective_after["total"] == r.objective_before["total"]
+
+
 def test_keep_mode_delete():
     lm = table_lm(TRAP)
     r = refine(lm, "a", RefineConfig(mode="keep", edits=("delete",), initial="bed", max_new_tokens=3))

@@ -57,6 +57,9 @@ def render(result: Any, tokenizer: Any) -> str:
         f"(+{c.initial_forward_tokens} initial), candidates {c.candidates} (pruned {c.pruned}, "
         f"{c.tokens_skipped} tokens skipped), {c.seconds:.2f}s"
     )
+    if c.rescore_rejected:
+        lines.append(f"note: {c.rescore_rejected} winning candidate(s) lost on a full rescoring (batched and full passes "
+                     "differ on this bundle) and were not accepted")
     if not result.final_retokenized.get("same_ids", True):
         lines.append(f"note: Y*'s text re-tokenizes differently; J recomputed on it: {result.final_retokenized['objective']['total']:.3f}")
     return "\n".join(lines)

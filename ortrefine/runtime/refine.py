@@ -213,6 +213,8 @@ class Cost:
         length cap, an upper estimate). noncanonical: candidates dropped because their text
         re-tokenizes differently. passes: forward passes. draft_tokens / draft_accepted: regenerate
     mode's tokens drafted from the incumbent and verified, and how many were the greedy choice.
+    rescore_rejected: winning candidates whose J, recomputed by a full pass once chosen, did not
+        beat the incumbent after all (their batched score was higher than the full pass's).
     initial_seconds / seconds: wall time.
     """
 
@@ -225,6 +227,7 @@ class Cost:
     positions_visited: int = 0
     draft_tokens: int = 0
     draft_accepted: int = 0
+    rescore_rejected: int = 0
     gradient_calls: int = 0
     gradient_seconds: float = 0.0
     initial_forward_tokens: int = 0
@@ -718,14 +721,21 @@ class _Refiner:
                 self.cost.candidates += len(cands)
                 J, ids, cand, lp, parts = self.score_group(state, cands)
                 if ids is not None and J > state.J + cfg.tol:
+                    new_state = self.build_state(ids)
+                    if not new_state.J > state.J + cfg.tol:
+                        # Batched and full passes can differ beyond float noise (int4 MatMulNBits:
+                        # ~0.1 nats on SmolLM2), and accepting on the batched score alone let two
+                        # edits undo each other sweep after sweep. The full pass decides.
+                        self.cost.rescore_rejected += 1
+                        continue
                     tok = self.lm.tokenizer
                     edits.append(Edit(
                         sweep, cand.start, cand.kind, cand.old_id, cand.new_id,
                         tok.token_strings([cand.old_id])[0] if cand.old_id is not None else None,
                         tok.token_strings([cand.new_id])[0] if cand.new_id is not None else None,
-                        J - state.J, J,
+                        new_state.J - state.J, new_state.J,
                     ))
-                    state = self.build_state(ids)
+                    state = new_state
                     accepted += 1
                     if cfg.order == "l2r":  # positions after the edit saw the old Y: continue right after it
                         visited = {p for p in visited if p <= cand.start}
