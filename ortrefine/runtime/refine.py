@@ -482,7 +482,10 @@ class _Refiner:
         starts = np.array([c.start for c in cands])
         next_dist = state.dist[starts]  # (R, vocab): distribution of each row's next token
         kv, mask = self._stack_prefix(state.kv, P + starts)
-        alive = np.arange(R)  # rows still being extended; their kv/mask/next_dist rows line up
+        # rows of kv that alive's rows use, or None for all of them in order: finishing and pruning
+        # only compose this index, and the next pass gathers its rows once (one KV copy per pass)
+        kv_rows: np.ndarray | None = None
+        alive = np.arange(R)  # rows still being extended; their mask/next_dist rows line up
         finished: list[int] = []
         can_prune = cfg.prune and self.objective.can_prune()
         while len(alive):
@@ -525,7 +528,8 @@ class _Refiner:
                 for q, t in enumerate(rows_tokens):
                     tok[q, : len(t)] = t
                     new_mask[q, : len(t)] = 1
-                sub_kv = kv.rows(idx) if len(idx) != kv.batch else kv
+                picked = idx if kv_rows is None else kv_rows[idx]
+                sub_kv = kv if kv_rows is None and len(idx) == kv.batch else kv.rows(picked)
                 past_width = mask.shape[1]
                 full_mask = np.concatenate([mask[idx], new_mask], axis=1)
                 out = lm.forward(tok, sub_kv, full_mask)
@@ -560,7 +564,7 @@ class _Refiner:
                         keep_q.append(q)
                 keep_q_arr = np.array(keep_q, dtype=np.int64)
                 alive = np.array([alive[need[q]] for q in keep_q], dtype=np.int64)
-                kv = out.kv.rows(keep_q_arr) if len(keep_q) != len(need) else out.kv
+                kv, kv_rows = out.kv, (keep_q_arr if len(keep_q) != len(need) else None)
                 mask = full_mask[keep_q_arr]
                 next_dist = new_next[keep_q_arr]
             else:
@@ -581,7 +585,8 @@ class _Refiner:
                         self.cost.pruned += 1
                         self.cost.tokens_skipped += len(pending[r]) if not regen else cfg.max_new_tokens - cands[r].start - len(tails[r])
                     keep = np.nonzero(ok)[0]
-                    alive, kv, mask, next_dist = alive[keep], kv.rows(keep), mask[keep], next_dist[keep]
+                    alive, mask, next_dist = alive[keep], mask[keep], next_dist[keep]
+                    kv_rows = keep if kv_rows is None else kv_rows[keep]
         return best
 
     def _judge_finished(self, state, cands, rows, tails, tail_lp, tail_ref, best):
