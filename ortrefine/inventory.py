@@ -50,4 +50,13 @@ def doctor_report(model: str | None = None, provider: str = "auto") -> dict[str,
 
         lm = ortrefine.load(model, provider=provider)
         report["session provider"] = f"{lm.provider} (asked: {provider}; session providers: {', '.join(lm.session.get_providers())})"
+        report["bundle graph"] = graph_summary(lm.bundle.manifest)
     return report
+
+
+def graph_summary(manifest: dict) -> str:
+    """Which export graph a bundle runs (fused graphs behave differently on CUDA: README)."""
+    g = manifest.get("graph") or {}
+    kind = (g.get("kind") or "optimum") + (" (slimmed)" if g.get("tool") == "onnxslim" else "")
+    nodes = f", {g['nodes_after']} nodes" if "nodes_after" in g else ""
+    return f"{kind}{nodes}, precision {manifest.get('precision', 'fp32')}"

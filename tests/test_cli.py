@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from click.testing import CliRunner
 
@@ -64,6 +65,7 @@ def test_doctor_reports_session_provider(tiny_bundles):
     assert r.exit_code == 0, r.output
     assert "available providers:" in r.output
     assert "session provider: cpu (asked: cpu" in r.output
+    assert re.search(r"bundle graph: fused, \d+ nodes, precision fp32", r.output)
 
 
 def test_refine_json_trace(tiny_bundles):
