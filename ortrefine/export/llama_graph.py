@@ -135,8 +135,12 @@ def _linear(b: _Builder, x: str, name: str, weights: list[Any], biases: list[Any
     return out
 
 
-def _preamble(b: _Builder, s: LlamaShape) -> tuple[str, str, str]:
-    """seqlens_k (B,) int32, total_sequence_length () int32 and the additive mask bias (B, 1, S, T)."""
+def _preamble(b: _Builder) -> tuple[str, str, str]:
+    """seqlens_k (B,) int32, total_sequence_length () int32 and the additive mask bias (B, 1, S, T).
+
+    The bias is (1 − mask) · MASK_BIAS: finite, so a row whose keys are all padding (a left pad's
+    own position) gets a uniform softmax instead of NaN, and exp(−1e9) is exactly 0 in fp32.
+    """
     b.node("Shape", ["attention_mask"], ["mask_shape"], "mask_shape")
     b.node("Shape", ["input_ids"], ["ids_shape"], "ids_shape")
     b.init("i0", np.array([0], np.int64))
@@ -154,9 +158,9 @@ def _preamble(b: _Builder, s: LlamaShape) -> tuple[str, str, str]:
     b.node("Cast", ["total64"], ["total_sequence_length"], "total_cast", to=6)
     b.node("Cast", ["attention_mask"], ["mask_f"], "mask_cast", to=1)
     b.init("one_f", np.array(1.0, np.float32))
-    b.init("mask_bias_f", np.array(-MASK_BIAS, np.float32))
-    b.node("Sub", ["mask_f", "one_f"], ["mask_m1"], "mask_m1")
-    b.node("Mul", ["mask_m1", "mask_bias_f"], ["mask_bias_bt"], "mask_bias")
+    b.init("mask_bias_f", np.array(MASK_BIAS, np.float32))
+    b.node("Sub", ["one_f", "mask_f"], ["mask_off"], "mask_off")
+    b.node("Mul", ["mask_off", "mask_bias_f"], ["mask_bias_bt"], "mask_bias")
     b.init("axes_12", np.array([1, 2], np.int64))
     b.node("Unsqueeze", ["mask_bias_bt", "axes_12"], ["mask_bias_b11t"], "mask_bias_unsqueeze")
     b.node("Concat", ["batch_1d", "i1", "seq_1d", "total_1d"], ["bias_shape"], "bias_shape", axis=0)
@@ -224,7 +228,7 @@ def build_llama_graph(model: Any, opset: int = 17) -> Any:
     b = _Builder()
     cos_np, sin_np = rotary_caches(model, s)
     cos, sin = b.init("rotary.cos", cos_np), b.init("rotary.sin", sin_np)
-    seqlens, total, bias = _preamble(b, s)
+    seqlens, total, bias = _preamble(b)
     core = model.model
     embed = _weight(core.embed_tokens.weight)
     b.init("embed_tokens.weight", embed)
