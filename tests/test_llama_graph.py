@@ -113,3 +113,5 @@ def test_keep_last_logits_equal_the_tail_of_all(variant, tiny_bundles, optimum_l
         assert part.logits.shape == (2, min(k, 6), full.logits.shape[2])
         np.testing.assert_allclose(part.logits, full.logits[:, -min(k, 6):], atol=1e-5, rtol=0)
         np.testing.assert_array_equal(part.kv.arrays[0], full.kv.arrays[0])
+    with pytest.raises(ValueError, match="keep_last must be at least 1"):
+        lm.forward(ids, keep_last=0)

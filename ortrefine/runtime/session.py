@@ -239,6 +239,8 @@ class LM:
             pos = np.cumsum(attention_mask, axis=1) - 1
             pos[attention_mask == 0] = 1
             feed["position_ids"] = np.ascontiguousarray(pos[:, -new:]).astype(self.input_dtypes["position_ids"], copy=False)
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1 (got {keep_last}); pass None for every position")
         if keep_last is not None and self.has_logits_to_keep:
             feed["logits_to_keep"] = np.array([min(int(keep_last), new)], dtype=np.int64)
         self.forward_tokens += batch * new
