@@ -147,6 +147,30 @@ def test_quantize_embeddings_unties_lm_head(tied_parent):
     assert len(ortrefine.load(emb.path, provider="cpu").generate("Hello", max_new_tokens=4).ids) >= 1
 
 
+@pytest.mark.parametrize("to,head_bits", [("int4", 8), ("int8", 4)])
+def test_head_bits_quantizes_only_the_lm_head_differently(tied_parent, to, head_bits):
+    parent, matmul, weight = tied_parent
+    r = quantize(QuantizeConfig(parent, to, head_bits=head_bits, gate=LOOSE))
+    assert r.path.name == f"tiny-llama-{to}-head{head_bits}"
+    m = onnx.load(str(r.path / "model.onnx"))
+    bits = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["bits"]
+            for n in m.graph.node if n.op_type == "MatMulNBits"}
+    body = int(to[-1])
+    assert bits.pop(next(k for k in bits if k.startswith(matmul))) == head_bits  # the lm_head
+    assert bits and set(bits.values()) == {body}
+    assert [n.op_type for n in m.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and weight in n.input] == ["Gather"]
+    assert r.untied == [{"matmul": matmul, "weight": weight, "shape": [64, 384]}]
+    assert r.manifest["quantization"]["head_bits"] == head_bits and r.manifest["quantization"]["embedding_bits"] is None
+    assert len(ortrefine.load(r.path, provider="cpu").generate("Hello", max_new_tokens=4).ids) >= 1
+
+
+@pytest.mark.parametrize("kw,match", [({"head_bits": 6}, "must be 4 or 8"), ({"head_bits": 8, "quantize_embeddings": True}, "choose one"),
+                                      ({"head_bits": 8, "algo": "hqq"}, "--algo rtn")])
+def test_head_bits_bad_combinations(parent, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        QuantizeConfig(parent, "int4", **kw)
+
+
 def test_untie_is_exact(tied_parent, tmp_path):
     """Untying only stores Transpose(W) as a constant: the logits do not change."""
     parent, matmul, weight = tied_parent

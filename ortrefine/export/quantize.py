@@ -72,6 +72,10 @@ class QuantizeConfig:
     quantize_embeddings: also quantize the lm_head (untied from the embedding first) and, at 4 bits
         and with int8-dynamic, the embedding Gather (ORT quantizes Gather tables to 4 bits only:
         int8 leaves the embedding fp32). rtn only.
+    head_bits: quantize the (untied) lm_head to this many bits (4 or 8) and leave the embedding
+        table fp32: only one of its rows is read per token, while the lm_head is read whole. On
+        SmolLM2 int4 with an 8-bit head kept int4's quality (ppl 37.11 vs 37.00, KL 0.329) and decoded
+        at 150 vs 102 tok/s (int4 with 4-bit head and embedding: 157, ppl 40.16). rtn, int4/int8 only.
     provider: the provider the bundle is meant for: auto (cuda for fp16, else cpu), cpu or cuda.
         Known-bad pairs are refused: fp16 on cpu, int8-dynamic on cuda.
     overwrite: replace an existing output folder.
@@ -86,6 +90,7 @@ class QuantizeConfig:
     accuracy_level: int | None = None
     algo: str = "rtn"
     quantize_embeddings: bool = False
+    head_bits: int | None = None
     provider: str = "auto"
     overwrite: bool = False
     force: bool = False
@@ -121,6 +126,13 @@ class QuantizeConfig:
         if self.quantize_embeddings and self.algo != "rtn":
             raise ConfigError(f"onnxruntime's {self.algo.upper()} quantizer cannot quantize the embedding Gather; "
                               "use --algo rtn with --quantize-embeddings")
+        if self.head_bits is not None:
+            if self.head_bits not in (4, 8):
+                raise ConfigError(f"--head-bits must be 4 or 8, got {self.head_bits}")
+            if not weight_only or self.algo != "rtn":
+                raise ConfigError("--head-bits applies to --to int4 / int8 with --algo rtn")
+            if self.quantize_embeddings:
+                raise ConfigError("--head-bits and --quantize-embeddings both set the lm_head's bits; choose one")
         if self.quantize_embeddings and self.to == "fp16":
             raise ConfigError("--quantize-embeddings does not apply to fp16: every float weight, embedding included, "
                               "is converted already")
@@ -149,7 +161,8 @@ class QuantizeConfig:
         return DEFAULT_ACCURACY_LEVEL if self.accuracy_level is None else self.accuracy_level
 
     def default_output(self, parent: Path) -> Path:
-        suffix = self.to + (f"-{self.algo}" if self.algo != "rtn" else "") + ("-emb" if self.quantize_embeddings else "")
+        suffix = (self.to + (f"-{self.algo}" if self.algo != "rtn" else "") + ("-emb" if self.quantize_embeddings else "")
+                  + (f"-head{self.head_bits}" if self.head_bits else ""))
         return parent.parent / f"{parent.name}-{suffix}"
 
 
@@ -327,13 +340,14 @@ def save_model(model: "onnx.ModelProto", folder: Path) -> Path:
 
 
 # -- the quantizers -------------------------------------------------------------------------------
-def _weight_only(model: "onnx.ModelProto", cfg: QuantizeConfig) -> "onnx.ModelProto":
-    """int4 / int8 through ORT's MatMulNBitsQuantizer (rtn or hqq)."""
+def _weight_only(model: "onnx.ModelProto", cfg: QuantizeConfig, heads: list[str] | None = None) -> "onnx.ModelProto":
+    """int4 / int8 through ORT's MatMulNBitsQuantizer (rtn or hqq); `heads` (untied lm_head
+    MatMuls) are left out of that pass and quantized to cfg.head_bits afterwards."""
     import numpy as np
 
     mnq = _nbits_module()
     op_types: tuple[str, ...] = ("MatMul",)
-    exclude: list[str] = []
+    exclude: list[str] = list(heads or [])
     if cfg.quantize_embeddings:
         op_types = ("MatMul", "Gather")
         _, exclude = _embedding_gathers(model)
@@ -358,6 +372,21 @@ def _weight_only(model: "onnx.ModelProto", cfg: QuantizeConfig) -> "onnx.ModelPr
     with quiet_ort_logging(), warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         # ORT's 4-bit Gather path divides by zero scales inside np.where; HQQ warns about read-only arrays
         warnings.simplefilter("ignore", UserWarning)
+        quantizer.process()
+    model = quantizer.model.model
+    if heads:
+        model = _quantize_nodes(model, heads, cfg.head_bits, cfg.block_size, cfg.effective_accuracy_level)
+    return model
+
+
+def _quantize_nodes(model: "onnx.ModelProto", nodes: list[str], bits: int, block_size: int, level: int | None) -> "onnx.ModelProto":
+    """Round-to-nearest MatMulNBits of just these MatMul nodes."""
+    mnq = _nbits_module()
+    algo_config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, accuracy_level=level,
+                                                   op_types_to_quantize=("MatMul",), bits=bits)
+    quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False, accuracy_level=level,
+                                         nodes_to_include=list(nodes), algo_config=algo_config)
+    with quiet_ort_logging():
         quantizer.process()
     return quantizer.model.model
 
@@ -393,7 +422,8 @@ def _settings(cfg: QuantizeConfig, untied: list[dict[str, Any]], ops: dict[str, 
         return {**common, "tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
                 "op": "MatMulNBits", "bits": cfg.bits, "block_size": cfg.block_size, "symmetric": False,
                 "accuracy_level": cfg.effective_accuracy_level, "algo": cfg.algo,
-                "embedding_bits": 4 if cfg.quantize_embeddings and cfg.bits == 4 else None}
+                "embedding_bits": 4 if cfg.quantize_embeddings and cfg.bits == 4 else None,
+                "head_bits": cfg.head_bits or (cfg.bits if cfg.quantize_embeddings else None)}
     if cfg.to == "int8-dynamic":
         return {**common, "tool": "onnxruntime.quantization.quantize_dynamic", "op": "MatMulInteger",
                 "weight_type": "QInt8", "per_channel": False, "reduce_range": False}
@@ -418,11 +448,12 @@ def _quantize_graph(cfg: QuantizeConfig, parent: "LM", folder: Path) -> tuple[di
     import onnx
 
     model = onnx.load(str(parent.bundle.model_file))
-    untied = untie_lm_head(model) if cfg.quantize_embeddings else []
+    untied = untie_lm_head(model) if cfg.quantize_embeddings or cfg.head_bits else []
     if cfg.to == "int8-dynamic":
         _dynamic(model, cfg, folder)
     else:
-        save_model(_weight_only(model, cfg) if cfg.to in WEIGHT_ONLY else _fp16(model), folder)
+        heads = [u["matmul"] for u in untied] if cfg.head_bits else []
+        save_model(_weight_only(model, cfg, heads) if cfg.to in WEIGHT_ONLY else _fp16(model), folder)
     del model
     ops = op_counts(onnx.load(str(folder / MODEL_FILE), load_external_data=False))
     changed = {"int8": "MatMulNBits", "int4": "MatMulNBits", "int8-dynamic": "MatMulInteger", "fp16": "fp16_initializers"}[cfg.to]
