@@ -115,3 +115,17 @@ def test_keep_last_logits_equal_the_tail_of_all(variant, tiny_bundles, optimum_l
         np.testing.assert_array_equal(part.kv.arrays[0], full.kv.arrays[0])
     with pytest.raises(ValueError, match="keep_last must be at least 1"):
         lm.forward(ids, keep_last=0)
+
+
+def test_fused_bundle_on_too_old_onnxruntime_is_refused(tiny_bundles, optimum_llama_bundle, monkeypatch):
+    """onnxruntime 1.31 rejects the fused graph's GroupQueryAttention (17 inputs): say so and how to fix it."""
+    from ortrefine.errors import BundleError
+    from ortrefine.runtime import session
+
+    monkeypatch.setattr(session.ort, "__version__", "1.31.1")
+    assert session.ort_version() == (1, 31, 1)
+    with pytest.raises(BundleError, match=r"needs onnxruntime >= 1\.32 \(this is 1\.31\.1\).*--graph optimum"):
+        ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    assert ortrefine.load(optimum_llama_bundle, provider="cpu").generate("Hi", max_new_tokens=2).ids  # unaffected
+    monkeypatch.setattr(session.ort, "__version__", "1.33.0.dev20261101")
+    assert session.ort_version() == (1, 33, 0)

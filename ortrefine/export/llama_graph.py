@@ -40,6 +40,7 @@ MS = "com.microsoft"
 MASK_BIAS = -1.0e9
 SUPPORTED = ("llama",)
 LOGITS_TO_KEEP = "logits_to_keep"
+IR_VERSION = 10
 KEEP_ALL = 1 << 62  # Slice clamps -KEEP_ALL to the first position
 
 
@@ -260,8 +261,10 @@ def build_llama_graph(model: Any, opset: int = 17) -> Any:
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32,
                                                          ["batch_size", s.kv_heads, "total_sequence_length", s.head_dim]))
     graph = helper.make_graph(b.nodes, "ortrefine_llama", inputs, outputs, b.inits)
+    # IR 10, not the onnx package's newest: older onnxruntime builds (onnxruntime-gpu tops out at
+    # 1.31 on this index, which reads IR ≤ 13) refuse newer IR versions outright
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)],
-                             producer_name="ortrefine")
+                             producer_name="ortrefine", ir_version=IR_VERSION)
 
 
 def save_with_external_data(proto: Any, path: Path) -> None:

@@ -23,6 +23,29 @@ from ortrefine.runtime.tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# The fused graph's GroupQueryAttention takes `query_seqlens` (batched multi-token steps on a cache),
+# which onnxruntime 1.31 does not know; onnxruntime-gpu on the index here stops at 1.31.1.
+FUSED_MIN_ORT = (1, 32)
+
+
+def ort_version() -> tuple[int, ...]:
+    """onnxruntime's version as integers (dev/rc suffixes dropped)."""
+    parts = []
+    for piece in ort.__version__.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_graph_supported(bundle: Bundle) -> None:
+    """Refuse a fused bundle on an onnxruntime too old for it, naming both fixes."""
+    kind = (bundle.manifest.get("graph") or {}).get("kind")
+    if kind == "fused" and ort_version() < FUSED_MIN_ORT:
+        need = ".".join(map(str, FUSED_MIN_ORT))
+        raise BundleError(
+            f"{bundle.path} has ortrefine's fused graph, which needs onnxruntime >= {need} (this is {ort.__version__}); "
+            f"upgrade onnxruntime, or re-export the model with `ortrefine export ... --graph optimum`"
+        )
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -160,6 +183,7 @@ class LM:
 
     def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
         self.bundle = bundle
+        check_graph_supported(bundle)
         self.session, self.provider = make_session(bundle.model_file, provider, threads)
         self.use_io_binding = self.provider == "cuda"
         self._read_interface()
