@@ -21,7 +21,7 @@ import json
 import subprocess
 import sys
 
-from common import MODELS, Run, append_results, markdown_table, median, spread, verdict
+from common import MODELS, goals_section, markdown_table, median, publish, Run, spread, verdict
 
 from ortrefine.cli.bench_cmd import DECODE_PROMPT, coldstart, ortrefine_command
 
@@ -93,14 +93,9 @@ def main() -> None:
         "",
         markdown_table(["module", "seconds"], [[f"`{n.strip()}`", f"{s:.3f}"] for n, s in imports]),
         "",
-        "Goals (issue 5), from this run:",
-        "",
-        markdown_table(["goal", "figure", "verdict"], goals),
-        "",
+        *goals_section(["goal", "figure", "verdict"], goals),
     ])
-    print(text)
-    if not args.no_append:
-        append_results("bench_coldstart", text, run)
+    publish("bench_coldstart", text, run, append=not args.no_append)
 
 
 if __name__ == "__main__":

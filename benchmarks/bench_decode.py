@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MODELS, Run, append_results, markdown_table, median, spread, verdict
+from common import MODELS, goals_section, markdown_table, median, publish, Run, spread, verdict
 
 from ortrefine.cli.bench_cmd import DECODE_PROMPT, DecodeRun, decode_fixed, memory_bandwidth, weight_bytes
 
@@ -470,10 +470,7 @@ def main() -> None:
         markdown_table(["contender", "precision", "weights MB", "tok/s", "TTFT ms", "GB/s", "of bandwidth", "tokens",
                         "greedy = ortrefine fp32 (leading)", "note"], rows),
         "",
-        "Goals (issue 5), ratios from this run:",
-        "",
-        markdown_table(["goal", "compared", "figure", "verdict"], goals),
-        "",
+        *goals_section(["goal", "compared", "figure", "verdict"], goals, "Goals (issue 5), ratios from this run:"),
     ])
     if args.profile:
         prof = [profile_decode(c.lm, ids, args.tokens) for c in contenders if c.kind == "ortrefine" and c.precision in ("fp32", "int4")]
@@ -484,9 +481,7 @@ def main() -> None:
                 ops.append(genai_graph_summary(path))
         text += "\n".join(["Profile of the ortrefine decode loop (cProfile):", "", "```", *prof, "```", "",
                            "ONNX Runtime per-op profile, 16 one-token steps:", "", "```", *ops, "```", ""])
-    print(text)
-    if not args.no_append:
-        append_results("bench_decode", text, run)
+    publish("bench_decode", text, run, append=not args.no_append)
 
 
 def genai_graph_summary(path: Path) -> str:

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from common import DEV_PROMPTS, Run, append_results, bundle, markdown_table, median, verdict
+from common import DEV_PROMPTS, bundle, goals_section, markdown_table, median, publish, Run, verdict
 
 import ortrefine
 from ortrefine.runtime.refine import RefineConfig, refine
@@ -109,14 +109,9 @@ def main() -> None:
         markdown_table(["bundle", "case", "|Y⁰|", "sweep s", "total s", "forward tokens", "pruned/candidates", "sweeps", "edits",
                         "gain log P", "stop"], rows),
         "",
-        "Goal (issue 5), from this run:",
-        "",
-        markdown_table(["goal", "figure", "verdict"], goals),
-        "",
+        *goals_section(["goal", "figure", "verdict"], goals, "Goal (issue 5), from this run:"),
     ])
-    print(text)
-    if not args.no_append:
-        append_results("bench_refine", text, run)
+    publish("bench_refine", text, run, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from common import Run, append_results, bundle, markdown_table, median, spread, verdict
+from common import bundle, goals_section, markdown_table, median, publish, Run, spread, verdict
 
 import ortrefine
 from ortrefine.cli.bench_cmd import ScoringRun, scoring_ids, scoring_once, weight_bytes
@@ -169,14 +169,9 @@ def main() -> None:
                         "of peak", "API plain tok/s (score_many)", "API reuse tok/s (score)", "API speed-up", "max |Δlogits| reuse vs plain"],
                        rows),
         "",
-        "Goals (issue 5), from this run:",
-        "",
-        markdown_table(["goal", "compared", "figure", "verdict"], goals),
-        "",
+        *goals_section(["goal", "compared", "figure", "verdict"], goals),
     ])
-    print(text)
-    if not args.no_append:
-        append_results("bench_scoring", text, run)
+    publish("bench_scoring", text, run, append=not args.no_append)
 
 
 if __name__ == "__main__":

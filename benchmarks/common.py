@@ -116,6 +116,18 @@ class Run:
         ])
 
 
+def goals_section(columns: Sequence[str], goals: Sequence[Sequence[object]], title: str = "Goals (issue 5), from this run:") -> list[str]:
+    """The goal-verdict table every benchmark ends its report with."""
+    return [title, "", markdown_table(columns, goals), ""]
+
+
+def publish(title: str, text: str, run: Run, append: bool) -> None:
+    """Print the report and, unless told not to, append it to RESULTS.md."""
+    print(text)
+    if append:
+        append_results(title, text, run)
+
+
 def append_results(title: str, markdown: str, run: Run | None = None, path: Path = RESULTS) -> str:
     """Append a dated `## title — date` section (with the run's machine header) to RESULTS.md.
 
