@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ortrefine.errors import BundleError, MissingExtraError, ValidationError
-from ortrefine.export.llama_graph import save_with_external_data
+from ortrefine.export.writer import save_with_external_data
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,25 @@ def compare_graphs(a: _Graph, b: _Graph, vocab: int, greedy_tokens: int = 8, see
     return logit_diff, kv_diff, outs[0] == outs[1]
 
 
+def disagreements(diff: float, kv_diff: float, greedy_equal: bool, atol: float, greedy_tokens: int) -> list[str]:
+    """What compare_graphs found past tolerance, as phrases for an error message (empty: agreed)."""
+    problems = []
+    if not diff <= atol:
+        problems.append(f"max |Δlogits| {diff:.3g} > {atol:g}")
+    if not kv_diff <= atol:
+        problems.append(f"max |Δpresent| {kv_diff:.3g} > {atol:g}")
+    if not greedy_equal:
+        problems.append(f"greedy ids of {greedy_tokens} tokens differ")
+    return problems
+
+
+def install_staged(stage: Path, out_path: Path) -> None:
+    """Move a staged graph and its weights over `out_path`: data first, graph last, so the graph
+    never names a data file that is not there yet."""
+    for f in sorted(stage.iterdir(), key=lambda p: p.name != out_path.name + "_data"):
+        os.replace(f, out_path.parent / f.name)
+
+
 def slim_bundle_graph(model_path: str | Path, out_path: str | Path, atol: float = 1e-4, greedy_tokens: int = 8) -> SlimResult:
     """Slim `model_path` with onnxslim, check it against the original, write it to `out_path`.
 
@@ -211,18 +230,11 @@ def slim_bundle_graph(model_path: str | Path, out_path: str | Path, atol: float 
         candidate = _Graph(str(staged), _kv_fallback(cfg))
         vocab = int(cfg.get("vocab_size") or 2)
         diff, kv_diff, same = compare_graphs(reference, candidate, vocab, greedy_tokens)
-        problems = []
-        if not diff <= atol:
-            problems.append(f"max |Δlogits| {diff:.3g} > {atol:g}")
-        if not kv_diff <= atol:
-            problems.append(f"max |Δpresent| {kv_diff:.3g} > {atol:g}")
-        if not same:
-            problems.append(f"greedy ids of {greedy_tokens} tokens differ")
+        problems = disagreements(diff, kv_diff, same, atol, greedy_tokens)
         if problems:
             raise ValidationError(f"the slimmed graph of {model_path} disagrees with the original: {'; '.join(problems)}; "
                                   "keep the unslimmed graph (or report the onnxslim version)")
-        for f in sorted(stage.iterdir(), key=lambda p: p.name != out_path.name + "_data"):  # data first, graph last
-            os.replace(f, out_path.parent / f.name)
+        install_staged(stage, out_path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     result = SlimResult(

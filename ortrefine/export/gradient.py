@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ortrefine.errors import BundleError, ConfigError, ExportError, ValidationError
+from ortrefine.export.writer import save_with_external_data
 from ortrefine.runtime.gradient import EMBEDDINGS_FILE, GRADIENT_DATA, GRADIENT_FILE, INPUT_NAMES, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
@@ -273,48 +274,6 @@ def _remove_dead_nodes(model: Any) -> int:
     return removed
 
 
-def save_with_external_data(
-    model: Any, out_file: Path, data_name: str = GRADIENT_DATA, alignment: int = 1 << 16, align_threshold: int = 1 << 20, threshold: int = 1024
-) -> dict[str, dict[str, Any]]:
-    """Write `model` with every initializer of ≥ `threshold` bytes in one data file beside it;
-    those of ≥ `align_threshold` bytes start at an `alignment`-byte offset so ONNX Runtime can
-    memory-map them (no private copy).
-
-    Returns {name: {"offset", "shape", "dtype"}} of the float32 tensors in the data file, so a
-    torch- and onnx-free runtime can memory-map them with numpy.
-    """
-    import onnx
-    from onnx import TensorProto
-
-    data_file = out_file.parent / data_name
-    offset = 0
-    index: dict[str, dict[str, Any]] = {}
-    with open(data_file, "wb") as f:
-        for t in model.graph.initializer:
-            if not t.HasField("raw_data"):
-                from onnx import numpy_helper
-
-                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
-            raw = t.raw_data
-            if len(raw) < threshold:
-                continue
-            pad = (-offset) % alignment if len(raw) >= align_threshold else 0
-            f.write(b"\0" * pad)
-            offset += pad
-            f.write(raw)
-            del t.external_data[:]
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            t.data_location = TensorProto.EXTERNAL
-            t.ClearField("raw_data")
-            if t.data_type == TensorProto.FLOAT:
-                index[t.name] = {"offset": offset, "shape": [int(d) for d in t.dims], "dtype": "float32"}
-            offset += len(raw)
-    onnx.save_model(model, str(out_file))
-    return index
-
-
 def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
     """max|got − ref| / max|ref| (0 when both are all zero)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
@@ -505,7 +464,7 @@ def export_gradient(cfg: GradientExportConfig) -> GradientExportResult:
         t = time.perf_counter()
         layout = MainGraphLayout(bundle.model_file)
         surgery = dedupe_weight_transposes(proto, layout)
-        index = save_with_external_data(proto, staged / GRADIENT_FILE)
+        index = save_with_external_data(proto, staged / GRADIENT_FILE, GRADIENT_DATA)
         shared = {name: index[name] for name in sorted(layout.shared) if name in index}
         surgery["shared_with_main_graph"] = len(shared)
         del layout

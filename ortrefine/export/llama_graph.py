@@ -267,25 +267,11 @@ def build_llama_graph(model: Any, opset: int = 17) -> Any:
                              producer_name="ortrefine", ir_version=IR_VERSION)
 
 
-def save_with_external_data(proto: Any, path: Path) -> None:
-    """Graph in `path`, weights in `path`_data beside it.
-
-    ONNX Runtime memory-maps an external data file instead of parsing the weights out of the
-    protobuf: session creation for SmolLM2 fp32 took 0.55 s instead of 1.20 s, decode speed the
-    same (benchmarks/RESULTS.md). onnx appends to an existing data file, so it is removed first.
-    """
-    import onnx
-
-    path = Path(path)
-    data = path.with_name(path.name + "_data")
-    data.unlink(missing_ok=True)
-    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-    shutil.copymode(path, data)  # onnx creates the data file owner-only; give it the graph's mode
-
-
 def write_llama_graph(model: Any, path: Path) -> FusedGraphInfo:
     """Build and save the fused graph (weights as external data)."""
     from collections import Counter
+
+    from ortrefine.export.writer import save_with_external_data
 
     t0 = time.perf_counter()
     proto = build_llama_graph(model)
@@ -303,11 +289,10 @@ def replace_with_fused(model: Any, model_path: Path, atol: float, greedy_tokens:
     Both graphs run the same seeded prompt pass, cached step, left-padded batch and greedy decode
     (fuse.compare_graphs). On disagreement past `atol`, ValidationError and the Optimum graph stays.
     """
-    import os
     import tempfile
 
     from ortrefine.errors import ValidationError
-    from ortrefine.export.fuse import _Graph, compare_graphs
+    from ortrefine.export.fuse import _Graph, compare_graphs, disagreements, install_staged
 
     model_path = Path(model_path)
     stage = Path(tempfile.mkdtemp(prefix=".fused-", dir=model_path.parent))
@@ -317,15 +302,12 @@ def replace_with_fused(model: Any, model_path: Path, atol: float, greedy_tokens:
         shape = LlamaShape.from_config(model.config)
         kv = (shape.kv_heads, shape.head_dim)
         diff, kv_diff, same = compare_graphs(_Graph(str(model_path), kv), _Graph(str(staged), kv), shape.vocab, greedy_tokens)
-        problems = [f"max |Δlogits| {diff:.3g} > {atol:g}"] * (not diff <= atol)
-        problems += [f"max |Δpresent| {kv_diff:.3g} > {atol:g}"] * (not kv_diff <= atol)
-        problems += [f"greedy ids of {greedy_tokens} tokens differ"] * (not same)
+        problems = disagreements(diff, kv_diff, same, atol, greedy_tokens)
         if problems:
             raise ValidationError(f"the fused graph disagrees with Optimum's export: {'; '.join(problems)}; "
                                   "the bundle was not written (export with --graph optimum)")
         nodes_before = _node_count(model_path)
-        for f in sorted(stage.iterdir(), key=lambda p: p.name != model_path.name + "_data"):
-            os.replace(f, model_path.parent / f.name)
+        install_staged(stage, model_path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return {**info.to_dict(), "nodes_before": nodes_before, "vs_optimum": {

@@ -198,10 +198,10 @@ def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: Export
 
 def externalize_weights(model_file: Path) -> None:
     """Move the weights of a single-file graph into model.onnx_data beside it (memory-mapped at load,
-    like the fused and quantized bundles: llama_graph.save_with_external_data)."""
+    like the fused and quantized bundles: writer.save_with_external_data)."""
     import onnx
 
-    from ortrefine.export.llama_graph import save_with_external_data
+    from ortrefine.export.writer import save_with_external_data
 
     if model_file.with_name(model_file.name + "_data").exists():
         return

@@ -331,8 +331,8 @@ def _embedding_gathers(model: "onnx.ModelProto") -> tuple[list[str], list[str]]:
 
 def save_model(model: "onnx.ModelProto", folder: Path) -> Path:
     """Write model.onnx with its weights in model.onnx_data beside it (memory-mapped at load:
-    llama_graph.save_with_external_data)."""
-    from ortrefine.export.llama_graph import save_with_external_data
+    writer.save_with_external_data)."""
+    from ortrefine.export.writer import save_with_external_data
 
     path = folder / MODEL_FILE
     save_with_external_data(model, path)
