@@ -90,6 +90,18 @@ def test_refine_human_output(tiny_bundles):
     assert "forward tokens" in lines[-1] or "forward tokens" in lines[-2]
 
 
+def test_refine_screen_says_it_is_approximate(tiny_bundles):
+    r = invoke("refine", "Once upon a time", "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "8", "--top-k", "4",
+               "--mode", "keep", "--screen", "1", "--screen-keep", "1", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["cost"]["screened_out"] > 0 and data["config"]["screen"] == 1
+    assert data["objective_after"]["total"] >= data["objective_before"]["total"]
+    human = invoke("refine", "Once upon a time", "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "8", "--top-k", "4",
+                   "--mode", "keep", "--screen", "1", "--screen-keep", "1")
+    assert "note: approximate (--screen)" in human.output
+
+
 def test_refine_errors(tiny_bundles):
     m = str(tiny_bundles["llama"])
     cases = [
@@ -98,6 +110,7 @@ def test_refine_errors(tiny_bundles):
         (["refine", "x", "-m", m, "--budget-seconds", "0"], 2, "budget-seconds must be > 0"),
         (["refine", "x", "-m", m, "--initial", ""], 2, "--initial text is empty"),
         (["refine", "x", "-m", m, "--top-k", "0"], 2, "Invalid value for '--top-k'"),
+        (["refine", "x", "-m", m, "--screen-keep", "0"], 2, "Invalid value for '--screen-keep'"),
         (["refine", "x", "-m", m, "--objective", "reward=test_refine:raises_value_error"], 1,
          "Error: reward function test_refine:raises_value_error raised ValueError: boom"),
     ]

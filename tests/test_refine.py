@@ -181,6 +181,8 @@ def test_reward_function_drives_refinement():
     (dict(mode="frozen"), "unknown mode"),
     (dict(edits=("swap",)), "unknown edit kind"),
     (dict(sweeps=0), "sweeps must be >= 1"),
+    (dict(screen=-1), "screen must be >= 0"),
+    (dict(screen_keep=0), "screen-keep must be >= 1"),
 ])
 def test_bad_config(kw, match):
     with pytest.raises((ConfigError, UnknownNameError), match=match):
@@ -190,3 +192,84 @@ def test_bad_config(kw, match):
 def test_unknown_order_lists_known():
     with pytest.raises(UnknownNameError, match="known: gradient-norm, l2r, r2l, random, worst-first"):
         RefineConfig(order="zigzag")
+
+
+# --- the approximate screen (RefineConfig.screen) ------------------------------------------------
+# Bigram model, keep mode: a substitution at i changes the log-probs of y_i and y_{i+1} only, so
+# after the edit and one more token the screen's estimate (the incumbent's log-probs for the rest)
+# is exact, and keeping one candidate per batch must find the exact search's edit.
+CHAIN = {"a": {"b": 0.5, "c": 0.45}, "b": {"d": 0.4, "e": 0.35}, "c": {"d": 0.9}, "d": {"f": 0.5, "g": 0.45},
+         "e": {"f": 0.9}, "f": {"h": 0.6, "b": 0.35}, "g": {"h": 0.95}, "h": {"b": 0.5, "c": 0.45}}
+
+
+@pytest.mark.parametrize("ppb", [1, 3, 8])
+def test_screen_keeps_the_best_when_its_estimate_is_exact(ppb):
+    lm = table_lm(CHAIN)
+    base = dict(mode="keep", top_k=4, max_new_tokens=6, positions_per_batch=ppb, sweeps=5, prune=False)
+    exact = refine(lm, "a", RefineConfig(**base))
+    screened = refine(lm, "a", RefineConfig(**base, screen=1, screen_keep=1))
+    assert exact.edits, "the chain must leave the exact search something to fix"
+    assert screened.final.ids == exact.final.ids
+    assert [(e.position, e.new_token) for e in screened.edits] == [(e.position, e.new_token) for e in exact.edits]
+    assert screened.objective_after["total"] == pytest.approx(exact.objective_after["total"], abs=1e-6)
+    assert screened.cost.screened_out > 0 and exact.cost.screened_out == 0
+    assert screened.cost.forward_tokens < exact.cost.forward_tokens
+
+
+# Regenerate: c's first greedy step looks best (g, p 0.9) but leads nowhere; d's is weaker and its
+# tail wins. The screen keeps c and misses the edit the exact search makes; J still never falls.
+FORK = {"a": {"b": 0.4, "c": 0.3, "d": 0.3}, "b": {"h": 0.3, "e": 0.3, "f": 0.3}, "h": {"h": 0.3, "e": 0.3, "f": 0.3},
+        "c": {"g": 0.9}, "g": {"b": 0.12, "c": 0.12, "d": 0.12, "e": 0.12, "f": 0.12, "h": 0.12},
+        "d": {"e": 0.6}, "e": {"f": 0.95}, "f": {"e": 0.95}}
+
+
+def test_screen_is_approximate_and_says_so():
+    lm = table_lm(FORK)
+    exact = refine(lm, "a", RefineConfig(mode="regenerate", top_k=3, max_new_tokens=4))
+    screened = refine(lm, "a", RefineConfig(mode="regenerate", top_k=3, max_new_tokens=4, screen=1, screen_keep=1))
+    assert exact.initial.text == screened.initial.text == "befe"
+    assert exact.final.text == "defe" and exact.gain > 0.5
+    assert screened.final.text == "befe" and screened.gain == 0.0
+    assert screened.cost.screened_out == 2 and screened.cost.forward_tokens < exact.cost.forward_tokens
+    wide = refine(lm, "a", RefineConfig(mode="regenerate", top_k=3, max_new_tokens=4, screen=1, screen_keep=2))
+    assert wide.final.text == "defe"  # keeping two finishes d as well
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_screen_estimate_is_exact_on_random_bigrams(seed):
+    """Same property on random bigram tables (5 per seed, with pruning): the first batch's best
+    edit gains exactly as much. (Whole traces may part on ties: Y⁰ often repeats a token, and equal
+    edits at two positions are then both best.)"""
+    rng = np.random.default_rng(seed)
+    letters = CHARS[1:]
+    for _ in range(5):
+        table = {a: {b: float(p) for b, p in zip(letters, rng.dirichlet(np.full(len(letters), 1.0)))} for a in letters}
+        lm = table_lm(table)
+        for ppb in (3, 8):
+            base = dict(mode="keep", top_k=6, max_new_tokens=7, positions_per_batch=ppb)
+            exact = refine(lm, "a", RefineConfig(**base))
+            screened = refine(lm, "a", RefineConfig(**base, screen=1, screen_keep=1))
+            assert bool(screened.edits) == bool(exact.edits)
+            if exact.edits:
+                assert screened.edits[0].delta == pytest.approx(exact.edits[0].delta, abs=1e-6)
+
+
+def test_screen_estimate_equals_the_candidates_log_prob_on_bigrams(monkeypatch):
+    """Directly: every screened row's estimate is its exact log P (bigram, keep, screen 1)."""
+    from ortrefine.runtime import refine as refine_mod
+
+    seen = []
+    original = refine_mod._Refiner._screen_estimate
+
+    def spy(self, state, cands, alive, tails, tail_lp, tail_ref, pending, *rest):
+        est = original(self, state, cands, alive, tails, tail_lp, tail_ref, pending, *rest)
+        seen.extend((state.ids[: cands[r].start] + tails[r] + pending[r], float(e)) for r, e in zip(alive, est))
+        return est
+
+    monkeypatch.setattr(refine_mod._Refiner, "_screen_estimate", spy)
+    lm = table_lm(CHAIN)
+    refine(lm, "a", RefineConfig(mode="keep", top_k=4, max_new_tokens=6, positions_per_batch=8, sweeps=3, screen=1, screen_keep=1))
+    assert len(seen) > 5
+    for ids, est in seen:
+        text = "".join(CHARS[i] for i in ids)
+        assert est == pytest.approx(seq_lp(lm, "a", text), abs=1e-5), text

@@ -99,13 +99,15 @@ def test_drafting_is_exact(tiny):
     top_k=st.integers(1, 5),
     ppb=st.integers(1, 3),
     objective=st.sampled_from([["logprob"], ["mean-logprob"], ["logprob", "repetition=2"], ["logprob", "length=0.5"]]),
+    screen=st.sampled_from([0, 0, 1, 3]),
 )
-def test_refined_objective_never_below_initial(tiny_bundles, words, mode, order, top_k, ppb, objective):
+def test_refined_objective_never_below_initial(tiny_bundles, words, mode, order, top_k, ppb, objective, screen):
     import ortrefine
 
     lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
     res = refine(lm, " ".join(words), RefineConfig(objectives=objective, mode=mode, order=order, top_k=top_k,
-                                                  positions_per_batch=ppb, max_new_tokens=8, seed=1))
+                                                  positions_per_batch=ppb, max_new_tokens=8, seed=1,
+                                                  screen=screen, screen_keep=2))
     assert res.objective_after["total"] >= res.objective_before["total"] - 1e-9
     assert res.gain == pytest.approx(sum(e.delta for e in res.edits), abs=1e-4)
     # J after is the J of the final ids, scored from scratch

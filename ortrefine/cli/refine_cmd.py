@@ -57,6 +57,8 @@ def render(result: Any, tokenizer: Any) -> str:
         f"(+{c.initial_forward_tokens} initial), candidates {c.candidates} (pruned {c.pruned}, "
         f"{c.tokens_skipped} tokens skipped), {c.seconds:.2f}s"
     )
+    if c.screened_out:
+        lines.append(f"note: approximate (--screen): {c.screened_out} candidate(s) dropped on their first tokens' estimate")
     if c.rescore_rejected:
         lines.append(f"note: {c.rescore_rejected} winning candidate(s) lost on a full rescoring (batched and full passes "
                      "differ on this bundle) and were not accepted")
@@ -92,6 +94,9 @@ def render(result: Any, tokenizer: Any) -> str:
               help="Positions whose candidates are scored in one batch; the best edit among them is accepted.")
 @click.option("--draft", type=click.IntRange(min=0), default=0, show_default=True,
               help="Regenerate: tokens drafted from the incumbent and verified per pass (exact).")
+@click.option("--screen", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Approximate, faster: after the edit and N more tokens, finish only the --screen-keep most promising candidates per batch (0: exact).")
+@click.option("--screen-keep", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--budget-seconds", type=float, default=None, help="Stop once this much wall time is spent.")

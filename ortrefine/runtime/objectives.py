@@ -463,11 +463,18 @@ class Objective:
         """Exact pruning needs every non-LM term bounded above."""
         return all(t.lm or math.isfinite(t.max_value()) for t in self.terms)
 
-    def upper_bound(self, lp_sum: np.ndarray, ref_sum: np.ndarray, length: np.ndarray) -> np.ndarray:
-        """Largest J any completion of these partial candidates can reach."""
+    def upper_bound(self, lp_sum: np.ndarray, ref_sum: np.ndarray, length: np.ndarray, lm_only: bool = False) -> np.ndarray:
+        """Largest J any completion of these partial candidates can reach.
+
+        lm_only: the LM terms alone (for ranking candidates against each other, where a text
+        term's bound is the same constant for every row, or infinite for an unbounded reward).
+        """
         bound = np.zeros_like(lp_sum, dtype=np.float64)
         for t in self.terms:
-            bound = bound + t.weight * (t.upper_bound(lp_sum, ref_sum, length) if t.lm else t.max_value())
+            if t.lm:
+                bound = bound + t.weight * t.upper_bound(lp_sum, ref_sum, length)
+            elif not lm_only:
+                bound = bound + t.weight * t.max_value()
         return bound
 
     def propose(self, prefix_ids: Sequence[int]) -> list[int]:

@@ -107,6 +107,15 @@ class RefineConfig:
         4 → 3.4 s, 8 → 4.0 s; smaller chunks prune more tokens but pay a weight read per pass).
     draft: regenerate mode: tokens drafted from the incumbent and verified per pass (exact: kept
         only where they equal the greedy choice); 0 decodes one token per pass.
+    screen: approximate, off at 0. Once every candidate of a batch has its edit and `screen` more
+        suffix tokens scored, only the `screen_keep` most promising are finished; the rest are
+        dropped. "Promising" = exact log-probs so far plus the incumbent's own log-probs for the
+        tokens not yet scored (keep: the same tokens; regenerate: the incumbent's positions), fed
+        to the objective's bound. Exact pruning can only drop a candidate once it has fallen behind
+        the incumbent's whole remaining log-prob, so most candidates are scored to the end; the
+        screen stops that at a few tokens each. Accepted edits are still scored exactly (J never
+        falls), but an edit the screen ranks low is missed.
+    screen_keep: candidates per batch finished after the screen.
     max_rows: candidates per forward pass (memory bound for top_k=None).
     max_new_tokens: length cap of Y⁰ and of every candidate.
     chat / system: wrap the prompt in the chat template.
@@ -134,6 +143,8 @@ class RefineConfig:
     prune: bool = True
     chunk: int = 4
     draft: int = 0
+    screen: int = 0
+    screen_keep: int = 4
     max_rows: int = 64
     max_new_tokens: int = 32
     chat: bool = False
@@ -160,11 +171,12 @@ class RefineConfig:
         bad = [e for e in self.edits if e not in EDIT_KINDS]
         if bad or not self.edits:
             raise ConfigError(f"unknown edit kind(s) {bad or '(none)'}; known: {', '.join(EDIT_KINDS)}")
-        for name in ("sweeps", "positions_per_batch", "chunk", "max_rows", "max_new_tokens"):
+        for name in ("sweeps", "positions_per_batch", "chunk", "screen_keep", "max_rows", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.draft < 0:
-            raise ConfigError(f"draft must be >= 0, got {self.draft}")
+        for name in ("draft", "screen"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top-k must be >= 1 or 'all', got {self.top_k}")
         if not (0 <= self.min_prob < 1):
@@ -215,6 +227,7 @@ class Cost:
     mode's tokens drafted from the incumbent and verified, and how many were the greedy choice.
     rescore_rejected: winning candidates whose J, recomputed by a full pass once chosen, did not
         beat the incumbent after all (their batched score was higher than the full pass's).
+    screened_out: candidates dropped by the (approximate) screen, `RefineConfig.screen`.
     initial_seconds / seconds: wall time.
     """
 
@@ -228,6 +241,7 @@ class Cost:
     draft_tokens: int = 0
     draft_accepted: int = 0
     rescore_rejected: int = 0
+    screened_out: int = 0
     gradient_calls: int = 0
     gradient_seconds: float = 0.0
     initial_forward_tokens: int = 0
@@ -488,6 +502,7 @@ class _Refiner:
         alive = np.arange(R)  # rows still being extended; their mask/next_dist rows line up
         finished: list[int] = []
         can_prune = cfg.prune and self.objective.can_prune()
+        screening = cfg.screen > 0 and R > cfg.screen_keep
         while len(alive):
             # 1. each alive row's next tokens: given ones first (a chunk in keep mode), then greedy
             step_tokens = []
@@ -495,7 +510,7 @@ class _Refiner:
             for j, r in enumerate(alive):
                 cands_pending_given[r] = bool(pending[r])
                 if pending[r]:
-                    n = cfg.chunk if not regen else 1
+                    n = 1 if regen else (max(1, cfg.screen + 1 - len(tails[r])) if screening else cfg.chunk)
                     step_tokens.append(pending[r][:n])
                     del pending[r][:n]
                 else:  # greedy token, plus tokens drafted from the incumbent to verify in the same pass
@@ -587,7 +602,43 @@ class _Refiner:
                     keep = np.nonzero(ok)[0]
                     alive, mask, next_dist = alive[keep], mask[keep], next_dist[keep]
                     kv_rows = keep if kv_rows is None else kv_rows[keep]
+            # 6. approximate screen (cfg.screen): once every row has its edit + `screen` tokens scored
+            if screening and all(len(tails[r]) > cfg.screen for r in alive):
+                screening = False
+                if len(alive) > cfg.screen_keep:
+                    est = self._screen_estimate(state, cands, alive, tails, tail_lp, tail_ref, pending, prefix_lp, prefix_ref)
+                    keep = np.sort(np.argsort(-est, kind="stable")[: cfg.screen_keep])
+                    self.cost.screened_out += len(alive) - len(keep)
+                    alive, mask, next_dist = alive[keep], mask[keep], next_dist[keep]
+                    kv_rows = keep if kv_rows is None else kv_rows[keep]
         return best
+
+    def _screen_estimate(self, state, cands, alive, tails, tail_lp, tail_ref, pending, prefix_lp, prefix_ref) -> np.ndarray:
+        """Each row's objective bound with the tokens not yet scored given the incumbent's log-probs.
+
+        keep: a row's unscored tokens are the last len(pending) tokens of Y, so their log-probs in
+        Y's context stand in for their log-probs after the edit. regenerate: the suffix is unknown;
+        the incumbent's log-probs at the same positions stand in (a row whose greedy tail runs
+        past |Y| gets nothing more).
+        """
+        n_y = len(state.ids)
+        lp_cum = np.concatenate([[0.0], np.cumsum(state.lp)])
+        ref_cum = np.concatenate([[0.0], np.cumsum(state.ref_lp)]) if state.ref_lp is not None else None
+        lp_est, ref_est, length = [], [], []
+        for r in alive:
+            done = cands[r].start + len(tails[r])
+            if self.cfg.mode == "keep":
+                rest_from, n_len = n_y - len(pending[r]), done + len(pending[r])
+            else:
+                rest_from, n_len = min(done, n_y), max(done, n_y)
+            lp_est.append(prefix_lp[cands[r].start] + sum(tail_lp[r]) + lp_cum[n_y] - lp_cum[rest_from])
+            ref = prefix_ref[cands[r].start] + sum(tail_ref[r]) if prefix_ref is not None else 0.0
+            if ref_cum is not None:
+                m = len(ref_cum) - 1
+                ref += ref_cum[m] - ref_cum[min(rest_from, m)]
+            ref_est.append(ref)
+            length.append(n_len)
+        return self.objective.upper_bound(np.array(lp_est), np.array(ref_est), np.array(length, dtype=np.float64), lm_only=True)
 
     def _judge_finished(self, state, cands, rows, tails, tail_lp, tail_ref, best):
         ids, lps, refs, keep = [], [], [], []
