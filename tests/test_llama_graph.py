@@ -22,7 +22,8 @@ def _manifest(path):
 def test_default_llama_export_is_fused_and_checked(tiny_bundles, optimum_llama_bundle):
     g = _manifest(tiny_bundles["llama"])["graph"]
     assert g["kind"] == "fused"
-    assert g["ops_after"]["GroupQueryAttention"] == 2 and g["ops_after"]["RotaryEmbedding"] == 4
+    # attention rotates the packed q|k|v itself: no RotaryEmbedding, one Split per layer (the MLP's)
+    assert g["ops_after"]["GroupQueryAttention"] == 2 and "RotaryEmbedding" not in g["ops_after"] and g["ops_after"]["Split"] == 2
     assert g["nodes_after"] < g["nodes_before"] / 4  # tiny llama: ~50 vs Optimum's few hundred
     vs = g["vs_optimum"]
     assert vs["max_abs_diff"] <= 1e-4 and vs["max_kv_diff"] <= 1e-4 and vs["greedy_equal"]
@@ -47,6 +48,32 @@ def test_mid_padded_kv_matches_torch(tiny_bundles, tiny_torch):
     with torch.no_grad():
         ref = model(torch.tensor([prefix + new])).logits[0, -len(new):].numpy()
     np.testing.assert_allclose(out.logits[0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_left_padded_rows_then_cached_steps_match_torch(tiny_bundles, tiny_torch):
+    """Left-padded prompts, then two cached steps (one and two tokens) on the same cache: the
+    attention's own rotary must place every token of a padded row at its position id."""
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    model, _ = tiny_torch["llama"]
+    rows = [[7, 8, 9], [10, 11, 12, 13, 14, 15]]
+    steps = [[[21], [22]], [[23, 24], [25, 26]]]
+    width = max(map(len, rows))
+    ids = np.array([[0] * (width - len(r)) + r for r in rows])
+    mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    out = lm.forward(ids, attention_mask=mask)
+    got = [[out.logits[b, -1]] for b in range(2)]
+    kv = out.kv
+    for step in steps:
+        mask = np.concatenate([mask, np.ones((2, len(step[0])), np.int64)], axis=1)
+        out = lm.forward(np.array(step), kv, attention_mask=mask)
+        kv = out.kv
+        for b in range(2):
+            got[b].extend(out.logits[b])
+    for b, r in enumerate(rows):
+        full = r + [t for step in steps for t in step[b]]
+        with torch.no_grad():
+            ref = model(torch.tensor([full])).logits[0, len(r) - 1 :].numpy()
+        np.testing.assert_allclose(np.stack(got[b]), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_batched_multi_token_step_on_a_cache(tiny_bundles, tiny_torch):

@@ -163,7 +163,10 @@ def compare_graphs(a: _Graph, b: _Graph, vocab: int, greedy_tokens: int = 8, see
     ids = rng.integers(low, vocab, size=(2, 6))
     mask = np.ones((2, 6), np.int64)
     mask[0, :2] = 0
-    check(ids, mask, None, None)
+    oa, ob = check(ids, mask, None, None)
+    # ... and one token on each graph's own cache of it
+    step = rng.integers(low, vocab, size=(2, 1))
+    check(step, np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1), oa[1:], ob[1:])
     # 4. greedy decode from the same prompt with each graph
     prompt = rng.integers(low, vocab, size=(1, 5))
     outs = []

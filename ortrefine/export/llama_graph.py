@@ -10,8 +10,11 @@ contrib ops:
   residual add fused into the next norm);
 - one packed q|k|v ``MatMul`` and one packed gate|up ``MatMul`` per layer (fewer, larger GEMMs;
   still plain MatMuls with constant weights, so ``ortrefine quantize`` turns them into MatMulNBits);
-- ``RotaryEmbedding`` fed the explicit ``position_ids`` (GroupQueryAttention's own rotary uses only
-  the first position of a prompt, which is wrong for left-padded rows);
+- ``GroupQueryAttention`` takes the packed q|k|v and applies the rotary itself (``do_rotary``) at the
+  explicit ``position_ids``: onnxruntime 1.32's CPU kernel rotates every token at its own position
+  id (left-padded rows and the refiner's mid-padded rows included — checked against torch and, KV
+  cache included, against Optimum's graph at export), so no Split and no RotaryEmbedding nodes
+  (SmolLM2: 353 nodes instead of 443 with them; decode +0–6 % in A/B runs, benchmarks/RESULTS.md);
 - ``GroupQueryAttention`` with the padding mask passed as ``attention_bias``: every row is given the
   full length (``seqlens_k = T - 1``), and masked columns get −1e9. That keeps the exact semantics the
   runtime relies on — left padding, and the refiner's mid-padded KV (prefix, masked gap, suffix).
@@ -170,19 +173,16 @@ def _preamble(b: _Builder) -> tuple[str, str, str]:
 
 
 def _attention(b: _Builder, s: LlamaShape, i: int, h: str, layer: Any, cos: str, sin: str, seqlens: str, total: str, bias: str) -> str:
+    """Packed q|k|v → GroupQueryAttention (rotary inside, at `position_ids`) → o_proj."""
     attn = layer.self_attn
     p = f"layers.{i}.attn"
     qkv = _linear(b, h, f"{p}.qkv", [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight],
                   [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    q_dim, kv_dim = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    split = b.init(f"{p}.split", np.array([q_dim, kv_dim, kv_dim], np.int64))
-    q, k, v = b.node("Split", [qkv, split], [f"{p}/q", f"{p}/k", f"{p}/v"], f"{p}/split", axis=-1)
-    q = b.node("RotaryEmbedding", [q, "position_ids", cos, sin], [f"{p}/q_rot"], f"{p}/q_rotary", MS, interleaved=0)[0]
-    k = b.node("RotaryEmbedding", [k, "position_ids", cos, sin], [f"{p}/k_rot"], f"{p}/k_rotary", MS, interleaved=0)[0]
     out = b.node("GroupQueryAttention",
-                 [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, "", "", "", bias, "", "", "", "", "", "query_seqlens"],
+                 [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin, "position_ids",
+                  bias, "", "", "", "", "", "query_seqlens"],
                  [f"{p}/out", f"present.{i}.key", f"present.{i}.value"], f"{p}/gqa", MS,
-                 num_heads=s.heads, kv_num_heads=s.kv_heads, scale=float(s.head_dim ** -0.5))[0]
+                 num_heads=s.heads, kv_num_heads=s.kv_heads, scale=float(s.head_dim ** -0.5), do_rotary=1, rotary_interleaved=0)[0]
     return _linear(b, out, f"{p}.o", [attn.o_proj.weight], [attn.o_proj.bias])
 
 

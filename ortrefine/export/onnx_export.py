@@ -29,7 +29,7 @@ class ExportConfig:
     validate: compare with torch before writing (on failure: ValidationError, no bundle).
     overwrite: replace an existing bundle. progress: show a progress bar on stderr.
     graph: "fused" writes ortrefine's own graph of ONNX Runtime contrib ops (GroupQueryAttention,
-        SkipSimplifiedLayerNormalization, RotaryEmbedding; 441 nodes on SmolLM2, llama models only),
+        rotary inside, SkipSimplifiedLayerNormalization; 353 nodes on SmolLM2, llama models only),
         checked against Optimum's export and torch; "optimum" keeps Optimum's graph (7,426 nodes);
         "auto" is fused where supported.
     slim: rewrite Optimum's graph with onnxslim (constant folding, dead nodes, fusions: 7,426 →
