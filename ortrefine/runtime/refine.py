@@ -698,13 +698,14 @@ class _Refiner:
         mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         if (lengths == width).all():
             return kv.prefix(width).repeat(R) if R > 1 else kv.prefix(width), mask
-        arrays = []
-        for a in (_host(x) for x in kv.arrays):
-            out = np.zeros((R, a.shape[1], width, a.shape[3]), dtype=a.dtype)
+        arrays = [_host(x) for x in kv.arrays]
+        # one allocation for every layer (see session._one_buffer); zeros, not empty: the gap is
+        # masked, but a NaN left in freed memory would still poison the attention sums
+        out = np.zeros((len(arrays), R, arrays[0].shape[1], width, arrays[0].shape[3]), dtype=arrays[0].dtype)
+        for a, o in zip(arrays, out):
             for r, n in enumerate(lengths):
-                out[r, :, :n] = a[0, :, :n]
-            arrays.append(out)
-        return KVCache(arrays), mask
+                o[r, :, :n] = a[0, :, :n]
+        return KVCache(list(out)), mask
 
     def relax_sweep(self, state: _State, sweep: int) -> tuple[_State, Edit | None]:
         """One sweep of the gradient optimizer: relax, project, verify exactly, accept if J rises."""

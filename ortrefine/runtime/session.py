@@ -63,6 +63,19 @@ def _host(a: "np.ndarray | ort.OrtValue") -> np.ndarray:
     return a.numpy() if isinstance(a, ort.OrtValue) else a
 
 
+def _one_buffer(arrays: list[np.ndarray], batch: int) -> list[np.ndarray] | None:
+    """Per-layer (batch, heads, length, dim) arrays carved from one allocation (None if shapes differ).
+
+    A cache is 2 × layers arrays of a few hundred KB each; allocated one by one, every array is a
+    fresh mapping whose pages fault in on first write (repeating a 32-token SmolLM2 prefix to 16
+    rows: 15 ms), while one large allocation is backed by huge pages (1 ms for the same copy).
+    """
+    shape = arrays[0].shape[1:]
+    if any(a.shape[1:] != shape or a.dtype != arrays[0].dtype for a in arrays):
+        return None
+    return list(np.empty((len(arrays), batch, *shape), dtype=arrays[0].dtype))
+
+
 @dataclass
 class KVCache:
     """Past keys/values of a batch, one array per `past_key_values.*` input of the graph.
@@ -90,14 +103,26 @@ class KVCache:
     def rows(self, index: np.ndarray | Sequence[int]) -> "KVCache":
         """Select / reorder / repeat rows (beam reordering, broadcasting one prefix to K rows)."""
         idx = np.asarray(index, dtype=np.int64)
-        return KVCache([_host(a)[idx] for a in self.arrays])
+        arrays = [_host(a) for a in self.arrays]
+        out = _one_buffer(arrays, len(idx))
+        if out is None:
+            return KVCache([a[idx] for a in arrays])
+        for a, o in zip(arrays, out):
+            np.take(a, idx, axis=0, out=o)
+        return KVCache(out)
 
     def repeat(self, n: int) -> "KVCache":
         if self.batch == n:
             return self
         if self.batch != 1:
             raise ValueError(f"can only broadcast a batch-1 cache, got batch {self.batch}")
-        return KVCache([np.repeat(_host(a), n, axis=0) for a in self.arrays])
+        arrays = [_host(a) for a in self.arrays]
+        out = _one_buffer(arrays, n)
+        if out is None:
+            return KVCache([np.repeat(a, n, axis=0) for a in arrays])
+        for a, o in zip(arrays, out):
+            o[...] = a
+        return KVCache(out)
 
     def on_device(self) -> bool:
         return any(isinstance(a, ort.OrtValue) for a in self.arrays)
