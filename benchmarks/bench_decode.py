@@ -9,7 +9,8 @@ numpy sum, which is compute-limited at ~25 GB/s and overstated every share by ~3
 measured under the same load.
 
 Contenders:
-- ortrefine, one per bundle found (fp32, int8, int4, int4-emb, int8-dynamic): a timed loop over
+- ortrefine, one per bundle found (fp32, int8, int4, int4-emb, int4-head8 (`--head-bits 8`), int4-head8-b64
+  (`--head-bits 8 --block-size 64`), int8-dynamic): a timed loop over
   `lm.prefill` / `lm.forward` (`ortrefine.cli.bench_cmd.decode_fixed`: the per-token work of
   ortrefine's greedy loop without its eos/stop checks). Time to first token = prefill + argmax.
 - torch: transformers `generate` on the fp32 checkpoint (dequantized from the catalog's GGUF
@@ -58,7 +59,8 @@ from common import MODELS, goals_section, markdown_table, median, publish, Run, 
 
 from ortrefine.cli.bench_cmd import DECODE_PROMPT, DecodeRun, decode_fixed, memory_bandwidth, weight_bytes
 
-BUNDLES = ["smollm2-135m", "smollm2-135m-int8", "smollm2-135m-int4", "smollm2-135m-int4-emb", "smollm2-135m-int8-dynamic",
+BUNDLES = ["smollm2-135m", "smollm2-135m-int8", "smollm2-135m-int4", "smollm2-135m-int4-emb", "smollm2-135m-int4-head8",
+           "smollm2-135m-int4-head8-b64", "smollm2-135m-int8-dynamic",
            "smollm2-135m-optimum", "smollm2-135m-optimum-int4-emb"]
 # Optimum runs its own export (not ortrefine's fused graph, which it could also load)
 OPTIMUM_BUNDLES = ["smollm2-135m-optimum", "smollm2-135m-optimum-int4"]
