@@ -137,7 +137,7 @@ class OrtrefineContender(Contender):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.lm.session = ort.InferenceSession(str(self.lm.bundle.model_file), opts, providers=["CPUExecutionProvider"])
         super().__init__(f"ortrefine {path.name}{f' ({variant})' if variant else ''}", "ortrefine-variant" if variant else "ortrefine",
-                         self.lm.bundle.precision, weight_bytes(self.lm.bundle.model_file))
+                         self.lm.bundle.precision, weight_bytes(self.lm.bundle.model_file, per_token=True))
 
     def decode(self, ids, n):
         return decode_fixed(self.lm, ids, n)
@@ -204,7 +204,7 @@ class OptimumContender(Contender):
         self.pad_id = ortrefine.open_bundle(path).pad_id
         manifest = json.loads((path / "ortrefine.json").read_text())
         super().__init__(f"Optimum ORTModelForCausalLM {path.name}", "optimum", manifest.get("precision", "fp32"),
-                         weight_bytes(path / "model.onnx"), note="torch 1 thread, use_cache=True")
+                         weight_bytes(path / "model.onnx", per_token=True), note="torch 1 thread, use_cache=True")
 
     def decode(self, ids, n):
         return hf_generate(self.model, ids, n, self.pad_id)
@@ -244,7 +244,7 @@ class GenaiContender(Contender):
             raise RuntimeError(f"no genai model at {path} (build it with onnxruntime_genai.models.builder; see the docstring)")
         self.worker = worker
         info = worker.ask(op="load", name=precision, path=str(path))
-        super().__init__(f"onnxruntime-genai {info['version']} {precision}", "genai", precision, weight_bytes(path / "model.onnx"),
+        super().__init__(f"onnxruntime-genai {info['version']} {precision}", "genai", precision, weight_bytes(path / "model.onnx", per_token=True),
                          note=f"model builder graph; its venv: onnxruntime {info['ort']}, transformers {info['transformers']}")
 
     def decode(self, ids, n):
@@ -467,9 +467,10 @@ def main() -> None:
         "`lm.prefill`/`lm.forward` (`ortrefine.cli.bench_cmd.decode_fixed`). torch/Optimum: `generate(min_new_tokens=max_new_tokens)`, "
         "TTFT from a streamer. genai: worker process in its own venv, `min_length=max_length`.",
         f"Memory read bandwidth (best of numpy max and sgemv over {args.bandwidth_mb} MiB), measured {len(bandwidths)}× between contenders: "
-        f"{spread([b / 1e9 for b in bandwidths])} GB/s. \"GB/s\" below = weight bytes (graph initializers; torch: parameters) × tok/s.",
+        f"{spread([b / 1e9 for b in bandwidths])} GB/s. \"GB/s\" below = bytes read per token (graph initializers less tables only gathered from, "
+        "i.e. an untied embedding; torch: parameters) × tok/s.",
         "",
-        markdown_table(["contender", "precision", "weights MB", "tok/s", "TTFT ms", "GB/s", "of bandwidth", "tokens",
+        markdown_table(["contender", "precision", "MB read / token", "tok/s", "TTFT ms", "GB/s", "of bandwidth", "tokens",
                         "greedy = ortrefine fp32 (leading)", "note"], rows),
         "",
         *goals_section(["goal", "compared", "figure", "verdict"], goals, "Goals (issue 5), ratios from this run:"),

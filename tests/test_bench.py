@@ -86,6 +86,29 @@ def test_weight_bytes_counts_initializers(tiny_bundles, monkeypatch):
     assert data.exists() and weight_bytes(model_file) == model_file.stat().st_size + data.stat().st_size  # onnx-free fallback
 
 
+def test_weight_bytes_per_token_leaves_out_tables_only_gathered_from(tmp_path):
+    """An untied embedding (Gather only) is not read whole per token; a tied one (also a MatMul) is."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ortrefine.cli.bench_cmd import weight_bytes
+
+    table = numpy_helper.from_array(np.zeros((50, 4), np.float32), "table")    # Gather only: 800 B
+    tied = numpy_helper.from_array(np.zeros((50, 4), np.float32), "tied")      # Gather and MatMul: 800 B
+    w = numpy_helper.from_array(np.zeros((4, 3), np.float32), "w")             # MatMul only: 48 B
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e1"]), helper.make_node("Gather", ["tied", "ids"], ["e2"]),
+             helper.make_node("Add", ["e1", "e2"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["h"]),
+             helper.make_node("MatMul", ["e", "tied_t"], ["y"]), helper.make_node("Transpose", ["tied"], ["tied_t"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table, tied, w])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert weight_bytes(path) == 800 + 800 + 48
+    assert weight_bytes(path, per_token=True) == 800 + 48
+
+
 def test_memory_bandwidth_is_positive():
     from ortrefine.cli.bench_cmd import memory_bandwidth
 

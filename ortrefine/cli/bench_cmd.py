@@ -87,9 +87,14 @@ def memory_bandwidth(megabytes: int = BANDWIDTH_MB, reps: int = 3) -> float:
     return a.nbytes / best
 
 
-def weight_bytes(model_file: Path) -> int:
-    """Bytes of the graph's initializers (the weights a decode step reads); without the `onnx`
-    package installed, the size of model.onnx (+ model.onnx_data), which is within a few kB of it."""
+def weight_bytes(model_file: Path, per_token: bool = False) -> int:
+    """Bytes of the graph's initializers; without the `onnx` package installed, the size of
+    model.onnx (+ model.onnx_data), which is within a few kB of it.
+
+    per_token: only what a decode step reads whole — initializers consumed by nothing but Gather
+    nodes (an untied embedding table: one row per token) are left out. With `--head-bits 8` the
+    fp32 embedding is 113 of SmolLM2's 216 MB, and counting it made the bandwidth share ~2× too high.
+    """
     model_file = Path(model_file)
     try:
         import onnx
@@ -100,13 +105,25 @@ def weight_bytes(model_file: Path) -> int:
     import numpy as np
 
     model = onnx.load(str(model_file), load_external_data=False)
+    gathered_only = _gathered_only(model.graph) if per_token else set()
     total = 0
     for init in model.graph.initializer:
+        if init.name in gathered_only:
+            continue
         if init.data_location == onnx.TensorProto.EXTERNAL:
             total += int(next((e.value for e in init.external_data if e.key == "length"), 0))
         else:
             total += int(np.prod(init.dims, dtype=np.int64)) * np.dtype(tensor_dtype_to_np_dtype(init.data_type)).itemsize
     return total
+
+
+def _gathered_only(graph) -> set[str]:
+    """Names of initializers whose every consumer is a Gather reading them as its data input."""
+    uses: dict[str, list[bool]] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            uses.setdefault(name, []).append(node.op_type == "Gather" and k == 0)
+    return {name for name, gathered in uses.items() if gathered and all(gathered)}
 
 
 @dataclass
@@ -258,7 +275,7 @@ def decode_cmd(model: str, provider: str, threads: int | None, tokens: int, prom
     for _ in range(reps):  # decode and bandwidth take turns, so machine load hits both alike
         runs.append(decode_fixed(lm, ids, tokens))
         bandwidths.append(memory_bandwidth(bandwidth_mb))
-    wbytes = weight_bytes(lm.bundle.model_file)
+    wbytes = weight_bytes(lm.bundle.model_file, per_token=True)
     tps = [r.tokens_per_second for r in runs]
     bw = statistics.median(bandwidths)
     share = wbytes * statistics.median(tps) / bw
