@@ -114,3 +114,27 @@ def test_memory_bandwidth_is_positive():
 
     assert memory_bandwidth(megabytes=4, reps=1) > 0
     assert np.isfinite(memory_bandwidth(megabytes=4, reps=1))
+
+
+def test_kv_rows_and_repeat_from_one_buffer_match_numpy():
+    """KVCache.rows/repeat fill one allocation for all layers: same values as numpy indexing, each
+    layer its own contiguous array, no aliasing between layers; mixed shapes fall back per array."""
+    import numpy as np
+
+    from ortrefine.runtime.session import KVCache
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((3, 2, 5, 4)).astype(np.float32) for _ in range(6)]
+    kv = KVCache(arrays)
+    idx = [2, 0, 2, 1]
+    picked = kv.rows(idx)
+    for a, b in zip(arrays, picked.arrays):
+        np.testing.assert_array_equal(b, a[idx])
+        assert b.flags.c_contiguous
+    picked.arrays[0][...] = 7.0
+    assert not (picked.arrays[1] == 7.0).any() and not (arrays[0] == 7.0).all()
+    one = KVCache([a[:1] for a in arrays]).repeat(5)
+    for a, b in zip(arrays, one.arrays):
+        np.testing.assert_array_equal(b, np.repeat(a[:1], 5, axis=0))
+    mixed = KVCache([arrays[0], arrays[1][:, :1]]).rows([1, 1])
+    np.testing.assert_array_equal(mixed.arrays[1], arrays[1][:, :1][[1, 1]])
