@@ -2,7 +2,7 @@
 convergence (at most 20 sweeps), on 3 dev prompts, fp32 and int4.
 
 Each case is `ortrefine.runtime.refine.refine` with `RefineConfig(mode, top_k=8, sweeps, max_new_tokens=32)`
-(the screened cases add `screen=2, screen_keep=4`: approximate, see RefineConfig) and the other fields at their defaults (positions_per_batch 8, l2r, logprob objective, greedy Y⁰).
+(the screened cases add `screen_keep=4` and `screen=1` (keep) / `screen=2` (regenerate): approximate, see RefineConfig) and the other fields at their defaults (positions_per_batch 8, l2r, logprob objective, greedy Y⁰).
 Reported per case (medians over prompts of the per-prompt medians over --reps rounds, bundles and
 cases taking turns): refinement wall time (the sweeps alone: `cost.seconds - cost.initial_seconds`)
 and the total with the Y⁰ decode, forward tokens, candidates and how many were pruned, sweeps,
@@ -26,19 +26,19 @@ BUNDLES = ["smollm2-135m", "smollm2-135m-int4"]
 PROMPTS = ["dev-01", "dev-03", "dev-04"]  # greedy Y⁰ runs the full 32 tokens on fp32 (dev-02 stops at 26)
 
 
-def cases(top_k: int, length: int, converge_sweeps: int, screen: int, screen_keep: int) -> dict[str, tuple[RefineConfig, bool]]:
-    """name → (config, is a convergence run). Screened cases (approximate) only when screen > 0."""
+def cases(top_k: int, length: int, converge_sweeps: int, screens: dict[str, int], screen_keep: int) -> dict[str, tuple[RefineConfig, bool]]:
+    """name → (config, is a convergence run). screens: mode → screen depth of the approximate
+    single-sweep cases (0: none)."""
     out = {
         "1 sweep, keep": (RefineConfig(mode="keep", top_k=top_k, sweeps=1, max_new_tokens=length), False),
         "1 sweep, regenerate": (RefineConfig(mode="regenerate", top_k=top_k, sweeps=1, max_new_tokens=length), False),
         f"converge (≤{converge_sweeps}), keep": (RefineConfig(mode="keep", top_k=top_k, sweeps=converge_sweeps, max_new_tokens=length), True),
         f"converge (≤{converge_sweeps}), regenerate": (RefineConfig(mode="regenerate", top_k=top_k, sweeps=converge_sweeps, max_new_tokens=length), True),
     }
-    if screen:
-        tag = f"screen {screen}/{screen_keep}"
-        for mode in ("keep", "regenerate"):
-            out[f"1 sweep, {mode}, {tag}"] = (RefineConfig(mode=mode, top_k=top_k, sweeps=1, max_new_tokens=length,
-                                                           screen=screen, screen_keep=screen_keep), False)
+    for mode, screen in screens.items():
+        if screen:
+            out[f"1 sweep, {mode}, screen {screen}/{screen_keep}"] = (
+                RefineConfig(mode=mode, top_k=top_k, sweeps=1, max_new_tokens=length, screen=screen, screen_keep=screen_keep), False)
     return out
 
 
@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="rounds of the single-sweep cases")
     ap.add_argument("--converge-reps", type=int, default=1, help="rounds of the convergence cases")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--screen", type=int, default=2, help="also run single sweeps with this approximate screen (0: none)")
+    ap.add_argument("--screen-keep-mode", type=int, default=1, help="keep mode: also a single sweep with this approximate screen (0: none)")
+    ap.add_argument("--screen-regenerate", type=int, default=2, help="regenerate mode: the same")
     ap.add_argument("--screen-keep", type=int, default=4)
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
     table = {json.loads(line)["id"]: json.loads(line) for line in DEV_PROMPTS.read_text().splitlines() if line.strip()}
     prompts = [table[p] for p in args.prompts]
     lms = [ortrefine.load(bundle(b), provider="cpu", threads=args.threads) for b in args.bundles]
-    all_cases = cases(args.top_k, args.length, args.converge_sweeps, args.screen, args.screen_keep)
+    all_cases = cases(args.top_k, args.length, args.converge_sweeps,
+                      {"keep": args.screen_keep_mode, "regenerate": args.screen_regenerate}, args.screen_keep)
     results: dict[tuple[str, str, str], list] = {}
 
     def one(lm, case: str, p: dict) -> None:
