@@ -68,7 +68,7 @@ def _one_buffer(arrays: list[np.ndarray], batch: int) -> list[np.ndarray] | None
 
     A cache is 2 × layers arrays of a few hundred KB each; allocated one by one, every array is a
     fresh mapping whose pages fault in on first write (repeating a 32-token SmolLM2 prefix to 16
-    rows: 15 ms), while one large allocation is backed by huge pages (1 ms for the same copy).
+    rows: 15 ms), while numpy advises huge pages for one large array (1 ms for the same copy).
     """
     shape = arrays[0].shape[1:]
     if any(a.shape[1:] != shape or a.dtype != arrays[0].dtype for a in arrays):
