@@ -123,10 +123,10 @@ class Contender:
 
 
 class OrtrefineContender(Contender):
-    def __init__(self, path: Path, threads: int | None, spinning: bool = True, variant: str = "") -> None:
+    def __init__(self, path: Path, threads: int | None, spinning: bool = True, variant: str = "", pin: bool = False) -> None:
         import ortrefine
 
-        self.lm = ortrefine.load(path, provider="cpu", threads=threads)
+        self.lm = ortrefine.load(path, provider="cpu", threads=threads, pin_threads=pin)
         if not spinning:  # a session-option variant: swap in a session whose pool threads sleep when idle
             import onnxruntime as ort
 
@@ -347,6 +347,7 @@ def main() -> None:
     ap.add_argument("--no-genai", action="store_true")
     ap.add_argument("--genai-venv", type=Path, default=GENAI_VENV)
     ap.add_argument("--variants", action="store_true", help="also ortrefine with 1 intra-op thread and with thread spinning off")
+    ap.add_argument("--pinned", action="store_true", help="also ortrefine with its workers pinned (--pin-threads), fp32 and int4")
     ap.add_argument("--profile", action="store_true", help="append a cProfile and an ORT per-op profile of the ortrefine loop")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
@@ -359,15 +360,17 @@ def main() -> None:
     for p in paths:
         c = try_setup(failed, f"ortrefine {p.name}", "ortrefine", "?", lambda p=p: OrtrefineContender(p, args.threads))
         contenders += [c] if c else []
-    if args.variants:  # session options, measured beside the defaults (fp32 and the first int4 bundle)
-        picked = {}
-        for c in contenders:
-            picked.setdefault(c.precision, c)
-        for c in (picked.get("fp32"), picked.get("int4")):
-            if c is not None:
-                p = c.lm.bundle.path
+    picked = {}
+    for c in contenders:
+        picked.setdefault(c.precision, c)
+    for c in (picked.get("fp32"), picked.get("int4")):  # session options, measured beside the defaults
+        if c is not None:
+            p = c.lm.bundle.path
+            if args.variants:
                 contenders.append(OrtrefineContender(p, 1, variant="1 thread"))
                 contenders.append(OrtrefineContender(p, args.threads, spinning=False, variant="no spinning"))
+            if args.pinned:
+                contenders.append(OrtrefineContender(p, args.threads, variant="pinned", pin=True))
     ref_lm = contenders[0].lm
     ids = ref_lm.encode_prompt(DECODE_PROMPT)
     pad_id = ref_lm.bundle.pad_id
@@ -456,6 +459,11 @@ def main() -> None:
         if c.kind == "ortrefine-variant":
             base = next(b for b in contenders if b.kind == "ortrefine" and b.lm.bundle.path == c.lm.bundle.path)
             goals.append([f"(variant) {c.name} vs default session", f"{c.name} / {base.name}", f"{c.tps / base.tps:.2f}×", "—"])
+            optimum = best("optimum", "fp32")
+            if c.precision == "fp32" and optimum is not None:
+                x = c.tps / optimum.tps
+                goals.append([f"(variant) ≥ 1.2× Optimum's best (fp32) with {c.name}", f"{c.name} / {optimum.name}", f"{x:.2f}×",
+                              verdict(x, 1.2)])
     for c in contenders:
         if c.kind == "ortrefine":
             share = c.weight_bytes * c.tps / bw

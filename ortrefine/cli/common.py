@@ -31,7 +31,14 @@ def domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _remember_pin(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["ortrefine.pin_threads"] = value
+    return value
+
+
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--pin-threads", is_flag=True, expose_value=False, callback=_remember_pin,
+                      help="Pin onnxruntime's worker threads one per physical core (CPU; a few % faster on a quiet box).")(fn)
     fn = click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")(fn)
     fn = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Execution provider; `cuda` fails when CUDA is unavailable instead of falling back.")(fn)
@@ -42,6 +49,8 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def load_lm(model: str, provider: str, threads: int | None):
     import ortrefine
 
-    return ortrefine.load(model, provider=provider, threads=threads)
+    ctx = click.get_current_context(silent=True)
+    pin = bool(ctx and ctx.meta.get("ortrefine.pin_threads"))
+    return ortrefine.load(model, provider=provider, threads=threads, pin_threads=pin)
 
 

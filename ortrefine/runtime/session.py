@@ -7,6 +7,7 @@ never from per-model tables, so any decoder Optimum exports with past key/values
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,17 +159,59 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def one_cpu_per_core() -> list[int]:
+    """Logical CPUs this process may run on, one per physical core (first sibling), in order.
+
+    From /sys topology (core_id, physical_package_id); where it cannot be read, every allowed CPU
+    counts as a core.
+    """
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    seen: set[tuple[str, str]] = set()
+    picked = []
+    for cpu in allowed:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            key = ((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip())
+        except OSError:
+            key = ("", str(cpu))
+        if key not in seen:
+            seen.add(key)
+            picked.append(cpu)
+    return picked
+
+
+def pin_intra_op_threads(opts: ort.SessionOptions, threads: int | None) -> int | None:
+    """Pin ONNX Runtime's intra-op workers one per physical core; returns the thread count used.
+
+    The calling thread (ORT never pins it) keeps the first core; worker k gets core k. Measured on
+    the 2-core box (benchmarks/RESULTS.md): decode 1.03–1.07× with the worker pinned. Opt-in: on a
+    machine shared with other busy processes a pinned worker cannot move away from them. None (and
+    nothing set) when there are fewer cores than threads or only one thread.
+    """
+    cores = one_cpu_per_core()
+    n = threads or len(cores)
+    if n < 2 or n > len(cores):
+        log.info("not pinning %s intra-op threads to %d core(s)", n, len(cores))
+        return None
+    opts.intra_op_num_threads = n
+    # ORT numbers logical processors from 1 in this setting ("1" pins to CPU 0)
+    opts.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in cores[1:n]))
+    return n
+
+
 def make_session(
     model_file: Path,
     provider: str = "auto",
     threads: int | None = None,
     configure: "Callable[[ort.SessionOptions], None] | None" = None,
     fix: str = "re-export the bundle",
+    pin_threads: bool = False,
 ) -> tuple[ort.InferenceSession, str]:
     """Session on the asked provider; fail fast (never fall back silently) when it is missing.
 
     configure: extra session options (the gradient graph turns the arena and prepacking off).
     fix: the remedy named when the file cannot be loaded.
+    pin_threads: CPU: pin the intra-op workers one per physical core (`pin_intra_op_threads`).
     """
     if provider not in ("auto", *PROVIDERS):
         raise ProviderUnavailableError(f"unknown provider {provider!r}; use one of: auto, cpu, cuda")
@@ -185,6 +228,8 @@ def make_session(
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if pin_threads and wanted == "cpu":
+        pin_intra_op_threads(opts, threads)
     if configure is not None:
         configure(opts)
     providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if wanted == "cuda" else [PROVIDERS["cpu"]]
@@ -206,10 +251,10 @@ def make_session(
 class LM:
     """A causal LM bundle on ONNX Runtime: tokenizer, forward with KV cache, batched scoring."""
 
-    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None, pin_threads: bool = False) -> None:
         self.bundle = bundle
         check_graph_supported(bundle)
-        self.session, self.provider = make_session(bundle.model_file, provider, threads)
+        self.session, self.provider = make_session(bundle.model_file, provider, threads, pin_threads=pin_threads)
         self.use_io_binding = self.provider == "cuda"
         self._read_interface()
         self.tokenizer = TextTokenizer.from_files(
@@ -425,11 +470,13 @@ class LM:
         return generate(self, prompt, cfg, chat=chat)
 
 
-def load(path: str | Path, provider: str = "auto", threads: int | None = None, verify: bool = False) -> LM:
-    """Open a bundle (folder or catalog name) and start a session on it."""
+def load(path: str | Path, provider: str = "auto", threads: int | None = None, verify: bool = False,
+         pin_threads: bool = False) -> LM:
+    """Open a bundle (folder or catalog name) and start a session on it (pin_threads: see
+    `pin_intra_op_threads`)."""
     from ortrefine.catalog import resolve_bundle_path
 
     t0 = time.perf_counter()
-    lm = LM(open_bundle(resolve_bundle_path(path), verify=verify), provider=provider, threads=threads)
+    lm = LM(open_bundle(resolve_bundle_path(path), verify=verify), provider=provider, threads=threads, pin_threads=pin_threads)
     log.info("loaded %s on %s in %.2fs", lm.bundle.path, lm.provider, time.perf_counter() - t0)
     return lm

@@ -1,0 +1,69 @@
+"""Opt-in pinning of onnxruntime's intra-op workers (`load(pin_threads=True)`, `--pin-threads`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from ortrefine.runtime import session as S
+
+
+def test_affinity_string_pins_workers_to_the_other_cores(monkeypatch):
+    monkeypatch.setattr(S, "one_cpu_per_core", lambda: [0, 2, 4, 6])  # e.g. SMT siblings 1, 3, 5, 7 skipped
+    opts = ort.SessionOptions()
+    assert S.pin_intra_op_threads(opts, None) == 4
+    assert opts.intra_op_num_threads == 4
+    assert opts.get_session_config_entry("session.intra_op_thread_affinities") == "3;5;7"  # 1-based ids
+    opts = ort.SessionOptions()
+    assert S.pin_intra_op_threads(opts, 2) == 2
+    assert opts.get_session_config_entry("session.intra_op_thread_affinities") == "3"
+    for threads in (1, 5):  # one thread: nothing to pin; more threads than cores: left alone
+        opts = ort.SessionOptions()
+        assert S.pin_intra_op_threads(opts, threads) is None
+        with pytest.raises(RuntimeError):  # unset: onnxruntime has no value to return
+            opts.get_session_config_entry("session.intra_op_thread_affinities")
+
+
+def test_one_cpu_per_core_is_within_the_allowed_set():
+    cores = S.one_cpu_per_core()
+    assert cores and set(cores) <= set(os.sched_getaffinity(0)) and cores == sorted(cores)
+
+
+def _thread_cpus() -> list[str]:
+    out = []
+    for status in Path(f"/proc/{os.getpid()}/task").glob("*/status"):
+        fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        out.append(fields["Cpus_allowed_list"].strip())
+    return out
+
+
+@pytest.mark.skipif(len(S.one_cpu_per_core()) < 2, reason="needs two physical cores")
+def test_pinned_session_worker_runs_on_one_core(tiny_bundles):
+    import ortrefine
+
+    cores = S.one_cpu_per_core()
+    before = set(_thread_cpus())
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu", threads=2, pin_threads=True)
+    assert str(cores[1]) in set(_thread_cpus()) - before  # a new thread allowed on that CPU only
+    plain = ortrefine.load(tiny_bundles["llama"], provider="cpu", threads=2)
+    ids = lm.encode_prompt("Once upon a time")
+    assert lm.generate(ids, max_new_tokens=6).ids == plain.generate(ids, max_new_tokens=6).ids
+
+
+def test_cli_flag_reaches_the_session(tiny_bundles, monkeypatch):
+    from click.testing import CliRunner
+
+    from ortrefine.cli.main import cli
+
+    seen = []
+    real = S.pin_intra_op_threads
+    monkeypatch.setattr(S, "pin_intra_op_threads", lambda opts, threads: seen.append(threads) or real(opts, threads))
+    m = str(tiny_bundles["llama"])
+    r = CliRunner().invoke(cli, ["generate", "Once upon a time", "-m", m, "--max-new-tokens", "4", "--pin-threads"])
+    assert r.exit_code == 0, r.output
+    assert seen == [None]
+    r = CliRunner().invoke(cli, ["generate", "Once upon a time", "-m", m, "--max-new-tokens", "4"])
+    assert r.exit_code == 0 and seen == [None]  # not without the flag
