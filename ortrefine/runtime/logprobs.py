@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+# Below this many logits one thread is faster than handing rows to the pool.
+PARALLEL_MIN_ELEMENTS = 1 << 22
+_pool: ThreadPoolExecutor | None = None
+
+
+def _workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _logsumexp_rows(rows: np.ndarray) -> np.ndarray:
+    m = rows.max(axis=-1, keepdims=True)
+    shifted = np.subtract(rows, m)
+    np.exp(shifted, out=shifted)
+    return m[..., 0] + np.log(shifted.sum(axis=-1))
 
 
 def logsumexp(logits: np.ndarray) -> np.ndarray:
     """logits: (..., vocab) float32 → (...) float32.
 
-    exp works in place on the one shifted copy: 18 vs 24 ms for 256 positions of SmolLM2's 49,152
-    logits, the same values (every scored batch pays this).
+    exp works in place on the one shifted copy (18 vs 24 ms for 256 positions of SmolLM2's 49,152
+    logits). Every scored batch pays this after its forward pass, while onnxruntime's threads sit
+    idle, so large inputs are split by rows over one thread per CPU (numpy releases the GIL in its
+    loops): 17 → 8.4 ms on 2 cores, the same values.
     """
-    m = logits.max(axis=-1, keepdims=True)
-    shifted = np.subtract(logits, m)
-    np.exp(shifted, out=shifted)
-    return m[..., 0] + np.log(shifted.sum(axis=-1))
+    global _pool
+    workers = _workers()
+    # split along the first leading axis long enough, by slicing: a view, never a copy of the logits
+    axis = next((k for k in range(logits.ndim - 1) if logits.shape[k] >= 2), None)
+    if logits.size < PARALLEL_MIN_ELEMENTS or workers < 2 or axis is None:
+        return _logsumexp_rows(logits)
+    if _pool is None:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="ortrefine-lse")
+    n = min(workers, logits.shape[axis])
+    out = np.empty(logits.shape[:-1], dtype=np.result_type(logits.dtype, np.float32))
+    bounds = np.linspace(0, logits.shape[axis], n + 1).astype(int)
+    lead = (slice(None),) * axis
+
+    def part(k: int) -> None:
+        piece = lead + (slice(bounds[k], bounds[k + 1]),)
+        out[piece] = _logsumexp_rows(logits[piece])
+
+    list(_pool.map(part, range(n)))
+    return out
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
