@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from ortrefine.errors import BundleError, PromptError, ProviderUnavailableError
 from ortrefine.runtime.bundle import Bundle, open_bundle
-from ortrefine.runtime.logprobs import gather_logprobs
+from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
 from ortrefine.runtime.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ class LM:
         for k, c in enumerate(continuations):
             targets[k, : len(c)] = c
         # token t of each row is predicted by the logits before it: the prompt's last position for t = 0
-        first = gather_logprobs(np.repeat(head.logits[:, -1], K, axis=0), targets[:, 0])
+        first = log_softmax(head.logits[0, -1])[targets[:, 0]]  # one shared row: normalised once
         rest = gather_logprobs(out.logits[:, :-1], targets[:, 1:]) if targets.shape[1] > 1 else np.zeros((K, 0), np.float32)
         per = np.concatenate([first[:, None], rest], axis=1)
         token_lps = [per[k, : lengths[k]].copy() for k in range(K)]
