@@ -83,3 +83,22 @@ def test_parallel_logsumexp_equals_one_thread(monkeypatch, shape):
         np.testing.assert_array_equal(L.logsumexp(arr), L._logsumexp_rows(arr))
     ref = np.log(np.exp(x.astype(np.float64)).sum(-1))
     np.testing.assert_allclose(L.logsumexp(x), ref, rtol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_parallel_logsumexp_works_in_a_forked_child(monkeypatch):
+    """The pool's threads do not survive fork; the child must start its own, not wait forever."""
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from ortrefine.runtime import logprobs as L
+
+    monkeypatch.setattr(L, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(L, "_workers", lambda: 2)
+    x = np.random.default_rng(1).standard_normal((4, 8, 33)).astype(np.float32)
+    L.logsumexp(x)  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(L.logsumexp, (x,)).get(timeout=30)
+    np.testing.assert_array_equal(got, L._logsumexp_rows(x))

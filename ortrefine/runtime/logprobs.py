@@ -12,6 +12,16 @@ PARALLEL_MIN_ELEMENTS = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """A forked child inherits the pool object but not its threads: work sent to it would never run."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
