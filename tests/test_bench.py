@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from ortrefine.cli.main import cli
@@ -136,5 +137,8 @@ def test_kv_rows_and_repeat_from_one_buffer_match_numpy():
     one = KVCache([a[:1] for a in arrays]).repeat(5)
     for a, b in zip(arrays, one.arrays):
         np.testing.assert_array_equal(b, np.repeat(a[:1], 5, axis=0))
+    np.testing.assert_array_equal(kv.rows([-1]).arrays[2], arrays[2][[-1]])  # numpy's negative indices
+    with pytest.raises(IndexError):
+        kv.rows([3])
     mixed = KVCache([arrays[0], arrays[1][:, :1]]).rows([1, 1])
     np.testing.assert_array_equal(mixed.arrays[1], arrays[1][:, :1][[1, 1]])

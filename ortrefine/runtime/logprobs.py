@@ -42,10 +42,12 @@ def logsumexp(logits: np.ndarray) -> np.ndarray:
     loops): 17 → 8.4 ms on 2 cores, the same values.
     """
     global _pool
+    if logits.size < PARALLEL_MIN_ELEMENTS:  # most calls (one row, a few candidates): no syscall, no pool
+        return _logsumexp_rows(logits)
     workers = _workers()
     # split along the first leading axis long enough, by slicing: a view, never a copy of the logits
     axis = next((k for k in range(logits.ndim - 1) if logits.shape[k] >= 2), None)
-    if logits.size < PARALLEL_MIN_ELEMENTS or workers < 2 or axis is None:
+    if workers < 2 or axis is None:
         return _logsumexp_rows(logits)
     if _pool is None:
         _pool = ThreadPoolExecutor(workers, thread_name_prefix="ortrefine-lse")

@@ -621,9 +621,7 @@ class _Refiner:
         the incumbent's log-probs at the same positions stand in (a row whose greedy tail runs
         past |Y| gets nothing more).
         """
-        n_y = len(state.ids)
-        lp_cum = np.concatenate([[0.0], np.cumsum(state.lp)])
-        ref_cum = np.concatenate([[0.0], np.cumsum(state.ref_lp)]) if state.ref_lp is not None else None
+        n_y = len(state.ids)  # prefix_lp / prefix_ref: running sums of the incumbent's terms (from 0)
         lp_est, ref_est, length = [], [], []
         for r in alive:
             done = cands[r].start + len(tails[r])
@@ -631,11 +629,11 @@ class _Refiner:
                 rest_from, n_len = n_y - len(pending[r]), done + len(pending[r])
             else:
                 rest_from, n_len = min(done, n_y), max(done, n_y)
-            lp_est.append(prefix_lp[cands[r].start] + sum(tail_lp[r]) + lp_cum[n_y] - lp_cum[rest_from])
-            ref = prefix_ref[cands[r].start] + sum(tail_ref[r]) if prefix_ref is not None else 0.0
-            if ref_cum is not None:
-                m = len(ref_cum) - 1
-                ref += ref_cum[m] - ref_cum[min(rest_from, m)]
+            lp_est.append(prefix_lp[cands[r].start] + sum(tail_lp[r]) + prefix_lp[n_y] - prefix_lp[rest_from])
+            ref = 0.0
+            if prefix_ref is not None:
+                m = len(prefix_ref) - 1
+                ref = prefix_ref[cands[r].start] + sum(tail_ref[r]) + prefix_ref[m] - prefix_ref[min(rest_from, m)]
             ref_est.append(ref)
             length.append(n_len)
         return self.objective.upper_bound(np.array(lp_est), np.array(ref_est), np.array(length, dtype=np.float64), lm_only=True)

@@ -108,8 +108,12 @@ class KVCache:
         out = _one_buffer(arrays, len(idx))
         if out is None:
             return KVCache([a[idx] for a in arrays])
+        if idx.size and (idx.min() < -self.batch or idx.max() >= self.batch):
+            raise IndexError(f"row index out of range for a batch of {self.batch}")
         for a, o in zip(arrays, out):
-            np.take(a, idx, axis=0, out=o)
+            # mode="wrap" (bounds checked above): take() buffers `out` in its default mode, an extra
+            # copy per layer
+            np.take(a, idx, axis=0, out=o, mode="wrap")
         return KVCache(out)
 
     def repeat(self, n: int) -> "KVCache":
@@ -117,13 +121,7 @@ class KVCache:
             return self
         if self.batch != 1:
             raise ValueError(f"can only broadcast a batch-1 cache, got batch {self.batch}")
-        arrays = [_host(a) for a in self.arrays]
-        out = _one_buffer(arrays, n)
-        if out is None:
-            return KVCache([np.repeat(a, n, axis=0) for a in arrays])
-        for a, o in zip(arrays, out):
-            o[...] = a
-        return KVCache(out)
+        return self.rows(np.zeros(n, dtype=np.int64))
 
     def on_device(self) -> bool:
         return any(isinstance(a, ort.OrtValue) for a in self.arrays)
