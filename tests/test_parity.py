@@ -70,6 +70,37 @@ def test_score_batch_of_continuations_equals_single(tiny):
         np.testing.assert_allclose(lm.score(prompt, [c]).token_logprobs[0], lp, atol=1e-5)
 
 
+def test_score_feeds_last_tokens_only_when_asked(tiny):
+    """The last token of a continuation is a target only; asking for KV or logits feeds it."""
+    arch, lm, model, tok = tiny
+    prompt = lm.encode_prompt(PROMPTS[1])
+    conts = [lm.tokenizer.encode_plain(t) for t in [" jumps over the lazy dog", " ran"]]
+    conts.append(conts[0][:1])  # a one-token continuation next to longer ones: nothing of it is fed
+    before = lm.forward_tokens
+    lean = lm.score(prompt, conts)
+    assert lm.forward_tokens - before == len(prompt) + len(conts) * (max(map(len, conts)) - 1)
+    full = lm.score(prompt, conts, return_kv=True, return_logits=True)
+    width = max(map(len, conts))
+    assert full.kv.length == len(prompt) + width and full.logits.shape[:2] == (len(conts), width)
+    for a, b in zip(lean.token_logprobs, full.token_logprobs):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with torch.no_grad():  # the logits after the whole of the longest continuation: what was fed extra
+        ref = model(torch.tensor([prompt + conts[0]])).logits[0, -1].numpy()
+    np.testing.assert_allclose(full.logits[0, len(conts[0]) - 1], ref, atol=1e-4)
+    only_first = lm.score(prompt, [c[:1] for c in conts])
+    np.testing.assert_allclose([lp[0] for lp in only_first.token_logprobs], [lp[0] for lp in lean.token_logprobs], atol=1e-5)
+
+
+def test_score_many_edges(tiny):
+    arch, lm, model, tok = tiny
+    seq = lm.encode_prompt(PROMPTS[2])
+    out = lm.score_many([seq, seq], [len(seq), len(seq) - 1])
+    assert len(out[0]) == 0 and len(out[1]) == 1
+    np.testing.assert_allclose(out[1], lm.score(seq[:-1], [seq[-1:]]).token_logprobs[0], atol=1e-5)
+    with pytest.raises(ValueError, match="prompt length"):
+        lm.score_many([seq], [0])
+
+
 def test_sampling_is_seeded(tiny):
     arch, lm, model, tok = tiny
     a = lm.generate("Once upon", strategy="sample", seed=3, top_k=20, top_p=0.9, max_new_tokens=12).ids

@@ -416,43 +416,59 @@ class LM:
         return_kv: bool = False,
         return_logits: bool = False,
     ) -> ScoreResult:
-        """log p of each continuation given the prompt: one prompt pass, one batched pass."""
+        """log p of each continuation given the prompt: one prompt pass, one batched pass.
+
+        A continuation's last token is only ever a target: unless its KV or the logits after it are
+        asked for, it is not fed (16 × 16-token candidates: 6 % fewer tokens through the model).
+        """
         if not continuations or any(len(c) == 0 for c in continuations):
             raise ValueError("score() needs at least one non-empty continuation")
         head = self.prefill(prompt_ids, keep_last=1)
-        out, lengths = self.extend(head.kv, continuations)
-        K = len(continuations)
-        targets = np.zeros(out.logits.shape[:2], dtype=np.int64)
+        full = return_kv or return_logits
+        fed = [list(c) if full else list(c[:-1]) for c in continuations]
+        K, width = len(continuations), max(len(c) for c in continuations)
+        targets = np.zeros((K, width), dtype=np.int64)
         for k, c in enumerate(continuations):
             targets[k, : len(c)] = c
         # token t of each row is predicted by the logits before it: the prompt's last position for t = 0
         first = log_softmax(head.logits[0, -1])[targets[:, 0]]  # one shared row: normalised once
-        rest = gather_logprobs(out.logits[:, :-1], targets[:, 1:]) if targets.shape[1] > 1 else np.zeros((K, 0), np.float32)
+        out = None
+        rest = np.zeros((K, 0), np.float32)
+        if max(len(f) for f in fed):
+            out, _ = self.extend(head.kv, fed)
+            rest = gather_logprobs(out.logits[:, : width - 1], targets[:, 1:])
         per = np.concatenate([first[:, None], rest], axis=1)
-        token_lps = [per[k, : lengths[k]].copy() for k in range(K)]
+        token_lps = [per[k, : len(c)].copy() for k, c in enumerate(continuations)]
         return ScoreResult(
             token_logprobs=token_lps,
             totals=np.array([lp.sum(dtype=np.float64) for lp in token_lps]),
-            kv=out.kv if return_kv else None,
-            logits=out.logits if return_logits else None,
+            kv=out.kv if return_kv and out is not None else None,
+            logits=out.logits if return_logits and out is not None else None,
         )
 
     def score_many(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[np.ndarray]:
         """Per-token log-probs of several (prompt + continuation) sequences in one left-padded pass.
 
         Returns, per sequence, (len - prompt_len,) float32 log-probs of its continuation tokens.
+        Each sequence's last token is only a target, so it is not fed.
         """
-        width = max(len(s) for s in sequences)
-        ids = np.full((len(sequences), width), self.bundle.pad_id, dtype=np.int64)
+        if any(p < 1 or p > len(s) for s, p in zip(sequences, prompt_lengths)):
+            raise ValueError("score_many() needs 1 <= prompt length <= sequence length for every sequence")
+        fed = [s[:-1] for s in sequences]
+        width = max(len(s) for s in fed)
+        ids = np.full((len(fed), width), self.bundle.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
-        for b, s in enumerate(sequences):
+        for b, s in enumerate(fed):
             ids[b, width - len(s):] = s
             mask[b, width - len(s):] = 1
-        logits = self.forward(ids, attention_mask=mask).logits
+        logits = self.forward(ids, attention_mask=mask).logits if width else None
         out = []
         for b, (s, p) in enumerate(zip(sequences, prompt_lengths)):
-            off = width - len(s)
-            rows = logits[b, off + p - 1 : off + len(s) - 1]
+            if p == len(s):
+                out.append(np.zeros(0, dtype=np.float32))
+                continue
+            off = width - len(fed[b])
+            rows = logits[b, off + p - 1 : off + len(fed[b])]
             out.append(gather_logprobs(rows, np.asarray(s[p:], dtype=np.int64)))
         return out
 
