@@ -537,10 +537,13 @@ class _Refiner:
             if need:
                 idx = np.array(need)
                 rows_tokens = [step_tokens[j] for j in need]
-                width = max(len(t) for t in rows_tokens)
+                # keep mode, a row's last chunk: its final token is only a target (its row finishes
+                # here), so it is not fed; every other row feeds all its tokens
+                fed = [t[:-1] if not regen and not pending[alive[j]] else t for j, t in zip(need, rows_tokens)]
+                width = max(len(t) for t in fed)
                 tok = np.full((len(need), width), lm.bundle.pad_id, dtype=np.int64)
                 new_mask = np.zeros((len(need), width), dtype=np.int64)
-                for q, t in enumerate(rows_tokens):
+                for q, t in enumerate(fed):
                     tok[q, : len(t)] = t
                     new_mask[q, : len(t)] = 1
                 picked = idx if kv_rows is None else kv_rows[idx]
@@ -567,7 +570,8 @@ class _Refiner:
                         tail_lp[r].extend(lps.tolist())
                         if self.use_ref:
                             tail_ref[r].extend(self._ref_lp(out.logits[q, :a], cands[r].start + len(tails[r]) - a).tolist())
-                    new_next[q] = out.logits[q, a]
+                    if a < width:  # a row that fed its whole chunk goes on from the logits after it
+                        new_next[q] = out.logits[q, a]
                 # rows that ended on a multi-token chunk
                 keep_q = []
                 for q, j in enumerate(need):
