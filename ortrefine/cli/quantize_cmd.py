@@ -27,6 +27,8 @@ from ortrefine.export.quality import GateConfig  # numpy only: no torch, no onnx
 @click.option("--quantize-embeddings", is_flag=True, help="Untie the lm_head and quantize it and the embedding table too.")
 @click.option("--head-bits", type=click.Choice(["4", "8"]), default=None,
               help="Untie the lm_head and quantize it to this many bits; the embedding table stays fp32.")
+@click.option("--symmetric", is_flag=True,
+              help="int4/int8 rtn without zero points: faster MatMulNBits (int8 1.10×), int4 loses some quality.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: <bundle>-<to> beside it).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Provider the bundle is for (auto: cuda for fp16, else cpu). The gate runs on the CPU (fp16: on CUDA if present).")
@@ -41,13 +43,13 @@ from ortrefine.export.quality import GateConfig  # numpy only: no torch, no onnx
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @domain_errors
 def quantize(bundle: str, to: str, block_size: int, accuracy_level: int | None, algo: str, quantize_embeddings: bool,
-             head_bits: str | None, out: Path | None, provider: str, max_kl: float, max_ppl_ratio: float, min_top1: float,
+             head_bits: str | None, symmetric: bool, out: Path | None, provider: str, max_kl: float, max_ppl_ratio: float, min_top1: float,
              force: bool, overwrite: bool, as_json: bool) -> None:
     """Quantize BUNDLE with ONNX Runtime's quantizers and check it against BUNDLE on built-in text."""
     from ortrefine.export.quantize import QuantizeConfig, quantize as run
 
     cfg = QuantizeConfig(bundle, to, out=out, block_size=block_size, accuracy_level=accuracy_level, algo=algo,
-                         quantize_embeddings=quantize_embeddings, head_bits=int(head_bits) if head_bits else None, provider=provider, overwrite=overwrite, force=force,
+                         quantize_embeddings=quantize_embeddings, head_bits=int(head_bits) if head_bits else None, symmetric=symmetric, provider=provider, overwrite=overwrite, force=force,
                          gate=GateConfig(max_kl=max_kl, max_ppl_ratio=max_ppl_ratio, min_top1=min_top1))
     r = run(cfg)
     if as_json:

@@ -76,6 +76,10 @@ class QuantizeConfig:
         table fp32: only one of its rows is read per token, while the lm_head is read whole. On
         SmolLM2 int4 with an 8-bit head kept int4's quality (ppl 37.11 vs 37.00, KL 0.329) and decoded
         at 150 vs 102 tok/s (int4 with 4-bit head and embedding: 157, ppl 40.16). rtn, int4/int8 only.
+    symmetric: int4/int8 rtn without zero points (a block's grid is centred on 0). MatMulNBits
+        then skips the zero-point reads and subtractions: int8 decoded 1.10× and int4 1.03× faster
+        on SmolLM2 (2-core EPYC; benchmarks/RESULTS.md), int8's quality unchanged, int4's worse
+        (its 16 levels lose one to the sign).
     provider: the provider the bundle is meant for: auto (cuda for fp16, else cpu), cpu or cuda.
         Known-bad pairs are refused: fp16 on cpu, int8-dynamic on cuda.
     overwrite: replace an existing output folder.
@@ -91,6 +95,7 @@ class QuantizeConfig:
     algo: str = "rtn"
     quantize_embeddings: bool = False
     head_bits: int | None = None
+    symmetric: bool = False
     provider: str = "auto"
     overwrite: bool = False
     force: bool = False
@@ -133,6 +138,8 @@ class QuantizeConfig:
                 raise ConfigError("--head-bits applies to --to int4 / int8 with --algo rtn")
             if self.quantize_embeddings:
                 raise ConfigError("--head-bits and --quantize-embeddings both set the lm_head's bits; choose one")
+        if self.symmetric and (not weight_only or self.algo != "rtn"):
+            raise ConfigError("--symmetric applies to --to int4 / int8 with --algo rtn (HQQ fits its own zero points)")
         if self.quantize_embeddings and self.to == "fp16":
             raise ConfigError("--quantize-embeddings does not apply to fp16: every float weight, embedding included, "
                               "is converted already")
@@ -162,7 +169,7 @@ class QuantizeConfig:
 
     def default_output(self, parent: Path) -> Path:
         suffix = (self.to + (f"-{self.algo}" if self.algo != "rtn" else "") + ("-emb" if self.quantize_embeddings else "")
-                  + (f"-head{self.head_bits}" if self.head_bits else ""))
+                  + (f"-head{self.head_bits}" if self.head_bits else "") + ("-sym" if self.symmetric else ""))
         return parent.parent / f"{parent.name}-{suffix}"
 
 
@@ -354,7 +361,7 @@ def _weight_only(model: "onnx.ModelProto", cfg: QuantizeConfig, heads: list[str]
     level = cfg.effective_accuracy_level
     if cfg.algo == "rtn":
         algo_config = mnq.DefaultWeightOnlyQuantConfig(
-            block_size=cfg.block_size, is_symmetric=False, accuracy_level=level, op_types_to_quantize=op_types, bits=cfg.bits,
+            block_size=cfg.block_size, is_symmetric=cfg.symmetric, accuracy_level=level, op_types_to_quantize=op_types, bits=cfg.bits,
         )
     elif cfg.algo == "hqq":
         try:
@@ -366,7 +373,7 @@ def _weight_only(model: "onnx.ModelProto", cfg: QuantizeConfig, heads: list[str]
     else:  # refused in QuantizeConfig; kept out of reach on purpose
         raise ConfigError(GPTQ_REFUSAL)
     quantizer = mnq.MatMulNBitsQuantizer(
-        model, bits=cfg.bits, block_size=cfg.block_size, is_symmetric=False, accuracy_level=level,
+        model, bits=cfg.bits, block_size=cfg.block_size, is_symmetric=cfg.symmetric, accuracy_level=level,
         nodes_to_exclude=exclude, algo_config=algo_config,
     )
     with quiet_ort_logging(), warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
@@ -375,16 +382,17 @@ def _weight_only(model: "onnx.ModelProto", cfg: QuantizeConfig, heads: list[str]
         quantizer.process()
     model = quantizer.model.model
     if heads:
-        model = _quantize_nodes(model, heads, cfg.head_bits, cfg.block_size, cfg.effective_accuracy_level)
+        model = _quantize_nodes(model, heads, cfg.head_bits, cfg.block_size, cfg.effective_accuracy_level, cfg.symmetric)
     return model
 
 
-def _quantize_nodes(model: "onnx.ModelProto", nodes: list[str], bits: int, block_size: int, level: int | None) -> "onnx.ModelProto":
+def _quantize_nodes(model: "onnx.ModelProto", nodes: list[str], bits: int, block_size: int, level: int | None,
+                    symmetric: bool = False) -> "onnx.ModelProto":
     """Round-to-nearest MatMulNBits of just these MatMul nodes."""
     mnq = _nbits_module()
-    algo_config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, accuracy_level=level,
+    algo_config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, accuracy_level=level,
                                                    op_types_to_quantize=("MatMul",), bits=bits)
-    quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False, accuracy_level=level,
+    quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=level,
                                          nodes_to_include=list(nodes), algo_config=algo_config)
     with quiet_ort_logging():
         quantizer.process()
@@ -420,7 +428,7 @@ def _settings(cfg: QuantizeConfig, untied: list[dict[str, Any]], ops: dict[str, 
               "untied": untied, "ops": ops}
     if cfg.to in WEIGHT_ONLY:
         return {**common, "tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
-                "op": "MatMulNBits", "bits": cfg.bits, "block_size": cfg.block_size, "symmetric": False,
+                "op": "MatMulNBits", "bits": cfg.bits, "block_size": cfg.block_size, "symmetric": cfg.symmetric,
                 "accuracy_level": cfg.effective_accuracy_level, "algo": cfg.algo,
                 "embedding_bits": 4 if cfg.quantize_embeddings and cfg.bits == 4 else None,
                 "head_bits": cfg.head_bits or (cfg.bits if cfg.quantize_embeddings else None)}

@@ -6,6 +6,7 @@ never from per-model tables, so any decoder Optimum exports with past key/values
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import onnxruntime as ort
 
 from ortrefine.errors import BundleError, PromptError, ProviderUnavailableError
 from ortrefine.runtime.bundle import Bundle, open_bundle
+from ortrefine.runtime.hugepages import CollapseNewMemory, CollapseReport
 from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
 from ortrefine.runtime.tokenizer import TextTokenizer
 
@@ -249,10 +251,15 @@ def make_session(
 class LM:
     """A causal LM bundle on ONNX Runtime: tokenizer, forward with KV cache, batched scoring."""
 
-    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None, pin_threads: bool = False) -> None:
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None, pin_threads: bool = False,
+                 hugepages: bool = False) -> None:
         self.bundle = bundle
         check_graph_supported(bundle)
-        self.session, self.provider = make_session(bundle.model_file, provider, threads, pin_threads=pin_threads)
+        # hugepages: what onnxruntime allocates while building the session is its weights (runtime/hugepages.py)
+        moved = CollapseNewMemory() if hugepages and provider != "cuda" else None
+        with moved or contextlib.nullcontext():
+            self.session, self.provider = make_session(bundle.model_file, provider, threads, pin_threads=pin_threads)
+        self.hugepages: CollapseReport | None = moved.report if moved else None
         self.use_io_binding = self.provider == "cuda"
         self._read_interface()
         self.tokenizer = TextTokenizer.from_files(
@@ -485,12 +492,13 @@ class LM:
 
 
 def load(path: str | Path, provider: str = "auto", threads: int | None = None, verify: bool = False,
-         pin_threads: bool = False) -> LM:
+         pin_threads: bool = False, hugepages: bool = False) -> LM:
     """Open a bundle (folder or catalog name) and start a session on it (pin_threads: see
-    `pin_intra_op_threads`)."""
+    `pin_intra_op_threads`; hugepages: weights onto transparent huge pages, see runtime/hugepages.py)."""
     from ortrefine.catalog import resolve_bundle_path
 
     t0 = time.perf_counter()
-    lm = LM(open_bundle(resolve_bundle_path(path), verify=verify), provider=provider, threads=threads, pin_threads=pin_threads)
+    lm = LM(open_bundle(resolve_bundle_path(path), verify=verify), provider=provider, threads=threads, pin_threads=pin_threads,
+            hugepages=hugepages)
     log.info("loaded %s on %s in %.2fs", lm.bundle.path, lm.provider, time.perf_counter() - t0)
     return lm
