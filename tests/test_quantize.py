@@ -164,6 +164,23 @@ def test_head_bits_quantizes_only_the_lm_head_differently(tied_parent, to, head_
     assert len(ortrefine.load(r.path, provider="cpu").generate("Hello", max_new_tokens=4).ids) >= 1
 
 
+@pytest.mark.parametrize("to", ["int8", "int4"])
+def test_symmetric_has_no_zero_points_and_stays_close(parent, to):
+    asym = quantize(QuantizeConfig(parent, to, gate=LOOSE))
+    sym = quantize(QuantizeConfig(parent, to, symmetric=True, gate=LOOSE))
+    assert sym.path.name == f"tiny-llama-{to}-sym"
+    nodes = [n for n in onnx.load(str(sym.path / "model.onnx"), load_external_data=False).graph.node if n.op_type == "MatMulNBits"]
+    assert nodes and all(len(n.input) == 3 for n in nodes)  # A, B, scales: no zero_points input
+    assert all(len(n.input) == 4 for n in onnx.load(str(asym.path / "model.onnx"), load_external_data=False).graph.node
+               if n.op_type == "MatMulNBits")
+    assert sym.manifest["quantization"]["symmetric"] is True and asym.manifest["quantization"]["symmetric"] is False
+    assert sym.gate.mean_kl < (0.01 if to == "int8" else 0.5)  # a grid centred on 0 still fits these weights
+    with pytest.raises(ConfigError, match="--symmetric applies"):
+        QuantizeConfig(parent, "int4", symmetric=True, algo="hqq")
+    with pytest.raises(ConfigError, match="--symmetric applies"):
+        QuantizeConfig(parent, "int8-dynamic", symmetric=True)
+
+
 @pytest.mark.parametrize("kw,match", [({"head_bits": 6}, "must be 4 or 8"), ({"head_bits": 8, "quantize_embeddings": True}, "choose one"),
                                       ({"head_bits": 8, "algo": "hqq"}, "--algo rtn")])
 def test_head_bits_bad_combinations(parent, kw, match):

@@ -28,7 +28,7 @@ from ortrefine.export.quality import GateConfig  # numpy only: no torch, no onnx
 @click.option("--head-bits", type=click.Choice(["4", "8"]), default=None,
               help="Untie the lm_head and quantize it to this many bits; the embedding table stays fp32.")
 @click.option("--symmetric", is_flag=True,
-              help="int4/int8 rtn without zero points: faster MatMulNBits (int8 1.10×), int4 loses some quality.")
+              help="int4/int8 rtn without zero points (grids centred on 0).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: <bundle>-<to> beside it).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Provider the bundle is for (auto: cuda for fp16, else cpu). The gate runs on the CPU (fp16: on CUDA if present).")
