@@ -42,7 +42,7 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="Move the weights onto transparent huge pages after loading (Linux 6.1+; decode a few % "
                            "faster, load slower: worth it for long runs).")(fn)
     fn = click.option("--pin-threads", is_flag=True, expose_value=False, callback=_remember,
-                      help="Pin onnxruntime's worker threads one per physical core (CPU; a few % faster on a quiet box).")(fn)
+                      help="Pin onnxruntime's worker threads one per physical core (CPU; no gain measured on 2 cores).")(fn)
     fn = click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")(fn)
     fn = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Execution provider; `cuda` fails when CUDA is unavailable instead of falling back.")(fn)

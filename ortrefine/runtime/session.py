@@ -183,10 +183,11 @@ def one_cpu_per_core() -> list[int]:
 def pin_intra_op_threads(opts: ort.SessionOptions, threads: int | None) -> int | None:
     """Pin ONNX Runtime's intra-op workers one per physical core; returns the thread count used.
 
-    The calling thread (ORT never pins it) keeps the first core; worker k gets core k. Measured on
-    the 2-core box (benchmarks/RESULTS.md): decode 1.03–1.07× with the worker pinned. Opt-in: on a
-    machine shared with other busy processes a pinned worker cannot move away from them. None (and
-    nothing set) when there are fewer cores than threads or only one thread.
+    The calling thread (ORT never pins it) keeps the first core; worker k gets core k. On the 2-core
+    box it gained nothing once the A/B controlled the sessions' load order (0.996×; the 1.03–1.17×
+    measured first was that order: benchmarks/RESULTS.md). Opt-in: on a machine shared with other
+    busy processes a pinned worker cannot move away from them. None (and nothing set) when there
+    are fewer cores than threads or only one thread.
     """
     cores = one_cpu_per_core()
     n = threads or len(cores)
