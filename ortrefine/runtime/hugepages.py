@@ -17,8 +17,6 @@ makes it a no-op that is logged, never an error.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import sys
 from dataclasses import dataclass
@@ -107,8 +105,14 @@ def huge_aligned(regions: list[Region]) -> list[Region]:
 
 
 def _libc():
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    libc = ctypes.CDLL(name, use_errno=True)
+    """libc through ctypes (imported here: `import ortrefine` should not pay for it)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # glibc; find_library runs ldconfig, so only as a fallback
+    except OSError:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so", use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.madvise.restype = ctypes.c_int
     return libc
@@ -133,7 +137,7 @@ def collapse(regions: list[Region]) -> CollapseReport:
             report.collapsed += b - a
         else:
             report.failed += 1
-            log.debug("MADV_COLLAPSE [%#x, %#x): errno %d", a, b, ctypes.get_errno())
+            log.debug("MADV_COLLAPSE [%#x, %#x) refused", a, b)
     return report
 
 
