@@ -78,8 +78,8 @@ class QuantizeConfig:
         at 150 vs 102 tok/s (int4 with 4-bit head and embedding: 157, ppl 40.16). rtn, int4/int8 only.
     symmetric: int4/int8 rtn without zero points (each block's grid centred on 0; smaller files).
         On SmolLM2 int8 the gate figures barely moved (ppl 28.13 vs 28.08, KL 0.0039 vs 0.0036);
-        decode speed on the 2-core CPU box did not measurably change (A/B in both load orders,
-        benchmarks/RESULTS.md), so the default stays asymmetric.
+        int8 decode on the 2-core CPU box was 1.04× (1.07× and 1.01× in the two load orders of
+        benchmarks/probes/ab_decode.py), too close to call, so the default stays asymmetric.
     provider: the provider the bundle is meant for: auto (cuda for fp16, else cpu), cpu or cuda.
         Known-bad pairs are refused: fp16 on cpu, int8-dynamic on cuda.
     overwrite: replace an existing output folder.
