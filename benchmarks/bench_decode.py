@@ -367,7 +367,10 @@ def main() -> None:
     failed: list[Contender] = []
     contenders: list[Contender] = []
     paths = [MODELS / b if not Path(b).exists() else Path(b) for b in args.bundles]
-    ballast = ortrefine.load(paths[0], provider="cpu", threads=args.threads) if paths[0].exists() else None  # noqa: F841 (see above)
+    try:  # kept to the end: no contender is the first session built (see above)
+        ballast = ortrefine.load(paths[0], provider="cpu", threads=args.threads)  # noqa: F841
+    except Exception as e:  # the bundle's own contender will report why it cannot load
+        print(f"[ballast] {paths[0]}: {e}", file=sys.stderr)
     for p in paths:
         c = try_setup(failed, f"ortrefine {p.name}", "ortrefine", "?", lambda p=p: OrtrefineContender(p, args.threads))
         contenders += [c] if c else []

@@ -23,9 +23,29 @@ def test_grown_is_what_appeared_in_between():
 def test_only_whole_huge_pages_are_asked_for():
     assert H.huge_aligned([(1, 5 * MB)]) == [(2 * MB, 4 * MB)]
     assert H.huge_aligned([(2 * MB + 1, 4 * MB - 1), (0, MB)]) == []  # no whole 2 MiB page inside
+    assert H.huge_aligned([(1, 70 * MB)], huge=32 * MB) == [(32 * MB, 64 * MB)]  # arm64, 16 KiB pages
+
+
+def test_huge_page_size_reads_the_kernel_or_falls_back(tmp_path, monkeypatch):
+    f = tmp_path / "hpage_pmd_size"
+    f.write_text("33554432\n")
+    monkeypatch.setattr(H, "PMD_SIZE", str(f))
+    assert H.huge_page_size() == 32 * MB
+    monkeypatch.setattr(H, "PMD_SIZE", str(tmp_path / "missing"))
+    assert H.huge_page_size() == 2 * MB
+
+
+def test_no_libc_is_a_reason_not_an_error(monkeypatch):
+    def broken():
+        raise AttributeError("no madvise here")
+
+    monkeypatch.setattr(H, "_libc", broken)
+    report = H.collapse([(0, 8 * MB)])
+    assert report.collapsed == 0 and "madvise" in report.reason
 
 
 def test_off_where_the_kernel_has_transparent_huge_pages_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(H.sys, "platform", "linux")  # the setting file decides, on any host
     setting = tmp_path / "enabled"
     setting.write_text("always madvise [never]\n")
     monkeypatch.setattr(H, "THP_SETTING", str(setting))

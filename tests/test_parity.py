@@ -99,6 +99,12 @@ def test_score_many_edges(tiny):
     np.testing.assert_allclose(out[1], lm.score(seq[:-1], [seq[-1:]]).token_logprobs[0], atol=1e-5)
     with pytest.raises(ValueError, match="prompt length"):
         lm.score_many([seq], [0])
+    with pytest.raises(ValueError, match="one prompt length per sequence"):
+        lm.score_many([seq, seq], [1])
+    before = lm.forward_tokens
+    out = lm.score_many([seq[:1], seq], [1, 2])  # a one-token sequence has nothing to score: not fed at all
+    assert len(out[0]) == 0 and lm.forward_tokens - before == len(seq) - 1
+    np.testing.assert_allclose(out[1], lm.score(seq[:2], [seq[2:]]).token_logprobs[0], atol=1e-5)
 
 
 def test_sampling_is_seeded(tiny):

@@ -273,3 +273,17 @@ def test_screen_estimate_equals_the_candidates_log_prob_on_bigrams(monkeypatch):
     for ids, est in seen:
         text = "".join(CHARS[i] for i in ids)
         assert est == pytest.approx(seq_lp(lm, "a", text), abs=1e-5), text
+
+
+def test_keep_mode_never_feeds_a_candidates_final_token():
+    """A candidate's last token is only a target. One chunk per candidate (chunk 64) must then feed
+    exactly as many tokens as one token per pass (chunk 1), which never fed it; unpruned, so both
+    score the same rows to the end."""
+    table = {"a": {"b": 0.4, "c": 0.35, "d": 0.25}, "b": {"c": 0.5, "d": 0.5}, "c": {"d": 0.6, "b": 0.4},
+             "d": {"b": 0.5, "c": 0.5}}
+    runs = {chunk: refine(table_lm(table), "a", RefineConfig(mode="keep", top_k=3, max_new_tokens=6, prune=False, chunk=chunk))
+            for chunk in (1, 64)}
+    one, whole = runs[1], runs[64]
+    assert one.cost.candidates == whole.cost.candidates > 0
+    assert whole.final.ids == one.final.ids and whole.objective_after["total"] == pytest.approx(one.objective_after["total"])
+    assert whole.cost.forward_tokens == one.cost.forward_tokens

@@ -10,8 +10,10 @@ Load order biases such probes: of several sessions one process builds, the first
 slower than later ones of the same bundle (RESULTS.md, 2026-11-29 15:10 UTC), so until then this
 probe favoured whichever bundle was listed second. Now it runs twice, in two processes, building
 the sessions in the given and in the reversed order (each after a kept ballast session), and
-reports the geometric mean of the two ratios, in which the order's share cancels. Check a probe by
-listing one bundle twice: the ratio should be ~1.00. (--order given|reversed: one process only.)
+reports the geometric mean of the two ratios, in which the order's share cancels exactly for two
+bundles (with three or more the middle ones keep their place: compare two at a time when it
+matters). Check a probe by listing one bundle twice: the ratio should be ~1.00.
+(--order given|reversed: one process only. A path containing "+" cannot be given.)
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ def main() -> None:
         return
     runs = {}
     for order in ("given", "reversed"):
-        out = subprocess.run([sys.executable, __file__, *args.bundles, "--rounds", str(args.rounds), "--tokens", str(args.tokens),
-                              "--order", order], check=True, capture_output=True, text=True).stdout
-        runs[order] = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run([sys.executable, __file__, *args.bundles, "--rounds", str(args.rounds), "--tokens", str(args.tokens),
+                               "--order", order], capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"the {order}-order run failed:\n{done.stderr.strip()}")
+        runs[order] = json.loads(done.stdout.strip().splitlines()[-1])
     r_given, r_rev = ratios(runs["given"]), ratios(runs["reversed"])
     for key in runs["given"]:
         tps = runs["given"][key] + runs["reversed"][key]

@@ -11,8 +11,9 @@ which copies it onto huge pages in place: addresses, and so onnxruntime, do not 
 Opt-in (`load(hugepages=True)`, `--hugepages`): on the 2-core EPYC VM it made decode 1.01–1.07×
 (fp32) and 1.03–1.05× (int4) faster in the same process, but the collapse itself took 0.15 s
 (int4) to 1.2 s (fp32, 504 MB) at load, which a one-shot `generate` does not win back
-(benchmarks/RESULTS.md). Anything unsupported (not Linux, an old kernel, THP off, a refused range)
-makes it a no-op that is logged, never an error.
+(benchmarks/RESULTS.md). Anything unsupported (not Linux, a kernel without MADV_COLLAPSE, THP
+off, a refused range) leaves that memory as it was, logged, never an error: a range is marked
+MADV_HUGEPAGE only once its collapse succeeded, so a refusal does not hand it to khugepaged later.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-HUGE = 2 << 20  # x86-64 / arm64 (4 KiB base pages) PMD size
+DEFAULT_HUGE = 2 << 20  # x86-64, and arm64 with 4 KiB base pages
+PMD_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -94,11 +96,20 @@ def grown(before: list[Region], after: list[Region]) -> list[Region]:
     return out
 
 
-def huge_aligned(regions: list[Region]) -> list[Region]:
-    """Each region shrunk to whole 2 MiB pages (MADV_COLLAPSE works on those only); empty ones dropped."""
+def huge_page_size() -> int:
+    """The THP size of this kernel (2 MiB on x86-64; 32 / 512 MiB on arm64 with 16 / 64 KiB pages)."""
+    try:
+        with open(PMD_SIZE) as f:
+            return int(f.read().strip()) or DEFAULT_HUGE
+    except (OSError, ValueError):
+        return DEFAULT_HUGE
+
+
+def huge_aligned(regions: list[Region], huge: int = DEFAULT_HUGE) -> list[Region]:
+    """Each region shrunk to whole huge pages (MADV_COLLAPSE works on those only); empty ones dropped."""
     out = []
     for lo, hi in regions:
-        a, b = (lo + HUGE - 1) & ~(HUGE - 1), hi & ~(HUGE - 1)
+        a, b = (lo + huge - 1) & ~(huge - 1), hi & ~(huge - 1)
         if b > a:
             out.append((a, b))
     return out
@@ -119,23 +130,24 @@ def _libc():
 
 
 def collapse(regions: list[Region]) -> CollapseReport:
-    """MADV_HUGEPAGE + MADV_COLLAPSE on each 2 MiB-aligned range; failures are counted, not raised."""
+    """MADV_COLLAPSE on each huge-page-aligned range, then MADV_HUGEPAGE on those that collapsed
+    (so the kernel keeps them huge); failures are counted, never raised."""
     report = CollapseReport()
-    ranges = huge_aligned(regions)
+    ranges = huge_aligned(regions, huge_page_size())
     if not ranges:
-        report.reason = "no 2 MiB range"
+        report.reason = "no whole huge page in the new memory"
         return report
     try:
         libc = _libc()
-    except OSError as e:
-        report.reason = f"no libc ({e})"
+    except Exception as e:  # no ctypes, no libc, no madvise symbol: leave the memory alone
+        report.reason = f"cannot call madvise ({type(e).__name__}: {e})"
         return report
     for a, b in ranges:
         report.requested += b - a
-        libc.madvise(a, b - a, MADV_HUGEPAGE)  # keeps the range huge if the kernel splits it later
         if libc.madvise(a, b - a, MADV_COLLAPSE) == 0:
             report.collapsed += b - a
-        else:
+            libc.madvise(a, b - a, MADV_HUGEPAGE)
+        else:  # a partial collapse is counted as none (the report only)
             report.failed += 1
             log.debug("MADV_COLLAPSE [%#x, %#x) refused", a, b)
     return report

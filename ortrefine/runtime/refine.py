@@ -570,7 +570,7 @@ class _Refiner:
                         tail_lp[r].extend(lps.tolist())
                         if self.use_ref:
                             tail_ref[r].extend(self._ref_lp(out.logits[q, :a], cands[r].start + len(tails[r]) - a).tolist())
-                    if a < width:  # a row that fed its whole chunk goes on from the logits after it
+                    if a < len(fed[q]):  # a row that fed its whole chunk goes on from the logits after it
                         new_next[q] = out.logits[q, a]
                 # rows that ended on a multi-token chunk
                 keep_q = []

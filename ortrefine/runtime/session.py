@@ -257,7 +257,8 @@ class LM:
         self.bundle = bundle
         check_graph_supported(bundle)
         # hugepages: what onnxruntime allocates while building the session is its weights (runtime/hugepages.py)
-        moved = CollapseNewMemory() if hugepages and provider != "cuda" else None
+        on_cpu = provider == "cpu" or (provider == "auto" and PROVIDERS["cuda"] not in available_providers())
+        moved = CollapseNewMemory() if hugepages and on_cpu else None  # CUDA: the weights are on the device
         with moved or contextlib.nullcontext():
             self.session, self.provider = make_session(bundle.model_file, provider, threads, pin_threads=pin_threads)
         self.hugepages: CollapseReport | None = moved.report if moved else None
@@ -460,24 +461,26 @@ class LM:
         Returns, per sequence, (len - prompt_len,) float32 log-probs of its continuation tokens.
         Each sequence's last token is only a target, so it is not fed.
         """
+        if len(sequences) != len(prompt_lengths) or not sequences:
+            raise ValueError("score_many() needs one prompt length per sequence, and at least one sequence")
         if any(p < 1 or p > len(s) for s, p in zip(sequences, prompt_lengths)):
             raise ValueError("score_many() needs 1 <= prompt length <= sequence length for every sequence")
-        fed = [s[:-1] for s in sequences]
+        out = [np.zeros(0, dtype=np.float32) for _ in sequences]
+        scored = [b for b, (s, p) in enumerate(zip(sequences, prompt_lengths)) if p < len(s)]  # others: nothing to score
+        if not scored:
+            return out
+        fed = [list(sequences[b][:-1]) for b in scored]
         width = max(len(s) for s in fed)
         ids = np.full((len(fed), width), self.bundle.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
-        for b, s in enumerate(fed):
-            ids[b, width - len(s):] = s
-            mask[b, width - len(s):] = 1
-        logits = self.forward(ids, attention_mask=mask).logits if width else None
-        out = []
-        for b, (s, p) in enumerate(zip(sequences, prompt_lengths)):
-            if p == len(s):
-                out.append(np.zeros(0, dtype=np.float32))
-                continue
-            off = width - len(fed[b])
-            rows = logits[b, off + p - 1 : off + len(fed[b])]
-            out.append(gather_logprobs(rows, np.asarray(s[p:], dtype=np.int64)))
+        for row, s in enumerate(fed):
+            ids[row, width - len(s):] = s
+            mask[row, width - len(s):] = 1
+        logits = self.forward(ids, attention_mask=mask).logits
+        for row, b in enumerate(scored):
+            s, p = sequences[b], prompt_lengths[b]
+            off = width - len(fed[row])
+            out[b] = gather_logprobs(logits[row, off + p - 1 : off + len(fed[row])], np.asarray(s[p:], dtype=np.int64))
         return out
 
     # -- decoding (thin; strategies live in decoding.py) ------------------------------------
@@ -495,7 +498,8 @@ class LM:
 def load(path: str | Path, provider: str = "auto", threads: int | None = None, verify: bool = False,
          pin_threads: bool = False, hugepages: bool = False) -> LM:
     """Open a bundle (folder or catalog name) and start a session on it (pin_threads: see
-    `pin_intra_op_threads`; hugepages: weights onto transparent huge pages, see runtime/hugepages.py)."""
+    `pin_intra_op_threads`; hugepages: weights onto transparent huge pages, see runtime/hugepages.py;
+    ignored on CUDA)."""
     from ortrefine.catalog import resolve_bundle_path
 
     t0 = time.perf_counter()
