@@ -107,6 +107,28 @@ def test_score_many_edges(tiny):
     np.testing.assert_allclose(out[1], lm.score(seq[:2], [seq[2:]]).token_logprobs[0], atol=1e-5)
 
 
+def test_io_binding_path_matches_a_plain_run(tiny):
+    """The CUDA path (IO binding, present KV kept as OrtValues) run on the CPU: same numbers, and
+    `keep_last` still honoured where the graph's logits_to_keep cannot be bound."""
+    import onnxruntime as ort
+
+    arch, lm, model, tok = tiny
+    ids = lm.encode_prompt(PROMPTS[0])
+    ref_head = lm.prefill(ids, keep_last=1)
+    ref_step = lm.forward(np.array([[5]]), ref_head.kv)
+    ref_greedy = lm.generate(PROMPTS[1], max_new_tokens=8).ids
+    lm.use_io_binding = True
+    try:
+        head = lm.prefill(ids, keep_last=1)
+        assert head.logits.shape == ref_head.logits.shape
+        assert all(isinstance(a, ort.OrtValue) for a in head.kv.arrays)
+        np.testing.assert_allclose(head.logits, ref_head.logits, atol=1e-5)
+        np.testing.assert_allclose(lm.forward(np.array([[5]]), head.kv).logits, ref_step.logits, atol=1e-5)
+        assert lm.generate(PROMPTS[1], max_new_tokens=8).ids == ref_greedy
+    finally:
+        lm.use_io_binding = False
+
+
 def test_sampling_is_seeded(tiny):
     arch, lm, model, tok = tiny
     a = lm.generate("Once upon", strategy="sample", seed=3, top_k=20, top_p=0.9, max_new_tokens=12).ids
