@@ -33,7 +33,7 @@ Contenders:
     python benchmarks/bench_decode.py --pinned --hugepages # also ortrefine pinned / with its weights on huge pages
 
 Load order matters: of several sessions built in one process, the first decoded 5–15 % slower
-than later ones of the same bundle (RESULTS.md, 2026-11-29 15:10 UTC). Until 15:45 UTC that
+than later ones of the same bundle (RESULTS.md, 2026-11-29 15:40 UTC). Until 15:40 UTC that
 session was ortrefine's fp32 row, and the `--pinned` rows' gains over it (1.17×, 1.25×) were mostly
 that: an order-controlled A/B (benchmarks/probes/ab_decode.py) gave pinning 1.00×. Now a ballast
 session of the first bundle is built first and kept, so no contender is the first.

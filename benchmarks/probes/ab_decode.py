@@ -7,7 +7,7 @@ ratios to the first bundle (a ratio within one round shares that round's load).
     python benchmarks/probes/ab_decode.py models/A models/A+pin models/A+hugepages   # session options
 
 Load order biases such probes: of several sessions one process builds, the first decoded 5–15 %
-slower than later ones of the same bundle (RESULTS.md, 2026-11-29 15:10 UTC), so until then this
+slower than later ones of the same bundle (RESULTS.md, 2026-11-29 15:40 UTC), so until then this
 probe favoured whichever bundle was listed second. Now it runs twice, in two processes, building
 the sessions in the given and in the reversed order (each after a kept ballast session), and
 reports the geometric mean of the two ratios, in which the order's share cancels exactly for two

@@ -1,4 +1,4 @@
-"""Is the first session a process builds slower than the next one? (RESULTS.md, 2026-11-29 15:10 UTC)
+"""Is the first session a process builds slower than the next one? (RESULTS.md, 2026-11-29 15:40 UTC)
 
 Builds two sessions of one bundle in this process, optionally after touching and keeping a plain
 buffer first, and prints each session's median decode speed (sessions taking turns).
