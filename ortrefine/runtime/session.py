@@ -200,6 +200,11 @@ def pin_intra_op_threads(opts: ort.SessionOptions, threads: int | None) -> int |
     return n
 
 
+def wanted_provider(provider: str) -> str:
+    """'cpu' or 'cuda': what `provider` (auto | cpu | cuda) asks for on this onnxruntime."""
+    return "cuda" if provider == "cuda" or (provider == "auto" and PROVIDERS["cuda"] in available_providers()) else "cpu"
+
+
 def make_session(
     model_file: Path,
     provider: str = "auto",
@@ -223,7 +228,7 @@ def make_session(
             "install onnxruntime-gpu in place of onnxruntime (pip uninstall -y onnxruntime && "
             "pip install 'ortrefine[gpu]'), or use --provider cpu"
         )
-    wanted = "cuda" if provider == "cuda" or (provider == "auto" and PROVIDERS["cuda"] in have) else "cpu"
+    wanted = wanted_provider(provider)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -257,8 +262,7 @@ class LM:
         self.bundle = bundle
         check_graph_supported(bundle)
         # hugepages: what onnxruntime allocates while building the session is its weights (runtime/hugepages.py)
-        on_cpu = provider == "cpu" or (provider == "auto" and PROVIDERS["cuda"] not in available_providers())
-        moved = CollapseNewMemory() if hugepages and on_cpu else None  # CUDA: the weights are on the device
+        moved = CollapseNewMemory() if hugepages and wanted_provider(provider) == "cpu" else None  # CUDA: weights on the device
         with moved or contextlib.nullcontext():
             self.session, self.provider = make_session(bundle.model_file, provider, threads, pin_threads=pin_threads)
         self.hugepages: CollapseReport | None = moved.report if moved else None
@@ -375,7 +379,7 @@ class LM:
                 binding.bind_cpu_input(name, np.ascontiguousarray(arr))
         binding.bind_output("logits")
         for name in self.present_names:
-            binding.bind_output(name, self.provider if self.provider == "cuda" else "cpu", 0)
+            binding.bind_output(name, self.provider, 0)  # "cuda", or "cpu" when this path is tested there
         self.session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         logits = outs[0].numpy()
