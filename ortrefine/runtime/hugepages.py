@@ -5,11 +5,12 @@ pages that costs a page walk per 4 KiB, and on a virtual machine a two-level wal
 puts its large arrays on huge pages (madvise), so a bandwidth measured with numpy is a huge-page
 figure, but onnxruntime copies (prepacks) the weights into malloc'd buffers that, under the usual
 THP mode `madvise`, stay on 4 KiB pages. After the session is built, the anonymous memory that
-appeared while it was built is marked MADV_HUGEPAGE and collapsed with MADV_COLLAPSE (Linux 6.1+),
-which copies it onto huge pages in place: addresses, and so onnxruntime, do not change.
+appeared while it was built is collapsed with MADV_COLLAPSE (Linux 6.1+), which copies it onto huge
+pages in place (addresses, and so onnxruntime, do not change), then marked MADV_HUGEPAGE.
 
-Opt-in (`load(hugepages=True)`, `--hugepages`): on the 2-core EPYC VM it made decode 1.01–1.07×
-(fp32) and 1.03–1.05× (int4) faster in the same process, but the collapse itself took 0.15 s
+Opt-in (`load(hugepages=True)`, `--hugepages`): on the 2-core EPYC VM fp32 decode was 1.05× faster
+(1.06× / 1.04× in the two load orders of benchmarks/probes/ab_decode.py; int4 1.03× / 1.05× in one
+process), but the collapse itself took 0.15 s
 (int4) to 1.2 s (fp32, 504 MB) at load, which a one-shot `generate` does not win back
 (benchmarks/RESULTS.md). Anything unsupported (not Linux, a kernel without MADV_COLLAPSE, THP
 off, a refused range) leaves that memory as it was, logged, never an error: a range is marked
@@ -35,7 +36,7 @@ Region = tuple[int, int]  # [start, end) of an anonymous read-write mapping
 
 @dataclass
 class CollapseReport:
-    """What `collapse_new_memory` did: bytes asked for and bytes that ended up on huge pages."""
+    """What `collapse` did: bytes asked for and bytes that ended up on huge pages."""
 
     requested: int = 0
     collapsed: int = 0
