@@ -129,6 +129,36 @@ def test_io_binding_path_matches_a_plain_run(tiny):
         lm.use_io_binding = False
 
 
+def test_decode_steps_on_a_shared_kv_buffer_match_forward(tiny):
+    """Fused graph on the CPU: GroupQueryAttention appends to one preallocated buffer bound as both
+    past and present; the logits equal plain `forward` steps and torch's. Other graphs step through
+    `forward`."""
+    from ortrefine.runtime.session import PlainSteps, SharedKVSteps
+
+    arch, lm, model, tok = tiny
+    ids = lm.encode_prompt(PROMPTS[2])
+    fed = [5, 17, 3, 40, 9]
+    head = lm.prefill(ids, keep_last=1)
+    steps = lm.steps(head.kv, len(fed))
+    fused = (lm.bundle.manifest.get("graph") or {}).get("kind") == "fused"
+    assert isinstance(steps, SharedKVSteps if fused else PlainSteps)
+    plain = PlainSteps(lm, head.kv)
+    before = lm.forward_tokens
+    got = [steps.step(t) for t in fed]
+    want = [plain.step(t) for t in fed]
+    np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5)
+    assert lm.forward_tokens - before == 2 * len(fed)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids + fed])).logits[0, -1].numpy()
+    np.testing.assert_allclose(got[-1], ref, atol=1e-4)
+    if fused:
+        # the buffer holds what plain steps return as the present cache, written in place
+        np.testing.assert_allclose(steps.buffers[0][:, :, : len(ids) + len(fed)], plain.kv.arrays[0], atol=1e-5)
+        with pytest.raises(ValueError, match="all are used"):
+            steps.step(1)  # capacity: the prompt + 5
+        assert isinstance(lm.steps(head.kv.repeat(2), 5), PlainSteps)  # one row only
+
+
 def test_sampling_is_seeded(tiny):
     arch, lm, model, tok = tiny
     a = lm.generate("Once upon", strategy="sample", seed=3, top_k=20, top_p=0.9, max_new_tokens=12).ids

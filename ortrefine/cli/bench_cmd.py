@@ -52,17 +52,15 @@ class DecodeRun:
 
 
 def decode_fixed(lm: "LM", prompt_ids: Sequence[int], n: int) -> DecodeRun:
-    """Greedy decode of exactly `n` tokens over `lm.prefill` / `lm.forward` (no eos or stop check,
+    """Greedy decode of exactly `n` tokens over `lm.prefill` / `lm.steps` (no eos or stop check,
     so every bundle does the same work; the per-token work is that of ortrefine's greedy loop)."""
-    import numpy as np
-
     t0 = time.perf_counter()
     out = lm.prefill(prompt_ids, keep_last=1)      # logits: (1, 1, vocab) float32
     ids = [int(out.logits[0, -1].argmax())]
     ttft = time.perf_counter() - t0
+    steps = lm.steps(out.kv, n)
     for _ in range(n - 1):
-        out = lm.forward(np.array([[ids[-1]]], dtype=np.int64), out.kv)  # one token on the cache
-        ids.append(int(out.logits[0, -1].argmax()))
+        ids.append(int(steps.step(ids[-1]).argmax()))  # one token on the cache
     return DecodeRun(ids, ttft, time.perf_counter() - t0)
 
 

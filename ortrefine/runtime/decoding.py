@@ -153,10 +153,11 @@ def _sample_logits(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Gen
 def _stepwise(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig, pick: Callable[[np.ndarray], int]) -> Decoded:
     """The one decode loop: last logits → pick a token → stop checks → one-token forward."""
     out = lm.prefill(prompt_ids, keep_last=1)
+    steps = lm.steps(out.kv, cfg.max_new_tokens)
+    logits = out.logits[0, -1]
     ids: list[int] = []
     lps: list[float] = []
     for step in range(cfg.max_new_tokens):
-        logits = out.logits[0, -1]
         token = pick(logits)  # choose from the newest position's logits
         ids.append(token)
         lps.append(float(gather_logprobs(logits, np.array(token))))  # unprocessed distribution
@@ -165,7 +166,7 @@ def _stepwise(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig, pick: Call
         if _stop_hit(lm, ids, cfg.stop):
             return Decoded(ids, "stop", lps)
         if step + 1 < cfg.max_new_tokens:  # no forward after the last token
-            out = lm.forward(np.array([[token]], dtype=np.int64), out.kv)
+            logits = steps.step(token)
     return Decoded(ids, "length", lps)
 
 

@@ -137,6 +137,60 @@ class ForwardOutput:
     kv: KVCache
 
 
+class PlainSteps:
+    """Batch-1 one-token decode steps through `LM.forward` (any graph, any provider)."""
+
+    def __init__(self, lm: "LM", kv: KVCache) -> None:
+        self.lm, self.kv = lm, kv
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed `token`; the logits of the next position, (vocab,)."""
+        out = self.lm.forward(np.array([[token]], dtype=np.int64), self.kv)
+        self.kv = out.kv
+        return out.logits[0, -1]
+
+
+class SharedKVSteps:
+    """Batch-1 one-token decode steps on a KV buffer that GroupQueryAttention extends in place.
+
+    Why: through `LM.forward` every step hands the graph the whole past and gets a fresh present
+    back, a copy of the cache per token. Bound (IO binding) as both past and present, a buffer with
+    room for every token lets GroupQueryAttention write only the new token's keys and values; the
+    logits are the same. int4 decode (SmolLM2, 64 tokens): 1.07× and 1.11× in the two load orders.
+    Only for ortrefine's fused graph (GroupQueryAttention) on the CPU, one unpadded row.
+    """
+
+    def __init__(self, lm: "LM", kv: KVCache, capacity: int) -> None:
+        self.lm, self.length, self.capacity = lm, kv.length, capacity
+        self.buffers = []  # numpy arrays the OrtValues wrap: kept alive here
+        self.binding = lm.session.io_binding()
+        self.binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
+        for past, present, a in zip(lm.past_names, lm.present_names, kv.arrays):
+            a = _host(a)
+            buf = np.zeros((1, a.shape[1], capacity, a.shape[3]), dtype=a.dtype)
+            buf[:, :, : self.length] = a
+            self.buffers.append(buf)
+            value = ort.OrtValue.ortvalue_from_numpy(buf)  # wraps buf, no copy
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
+        self.mask = np.ones((1, capacity), dtype=lm.input_dtypes["attention_mask"])
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed `token`; the logits of the next position, (vocab,)."""
+        if self.length >= self.capacity:
+            raise ValueError(f"the KV buffer holds {self.capacity} positions; all are used")
+        dtypes, total = self.lm.input_dtypes, self.length + 1
+        self.binding.bind_cpu_input("input_ids", np.array([[token]], dtype=dtypes["input_ids"]))
+        self.binding.bind_cpu_input("attention_mask", self.mask[:, :total])
+        if self.lm.has_position_ids:
+            self.binding.bind_cpu_input("position_ids", np.array([[total - 1]], dtype=dtypes["position_ids"]))
+        self.lm.session.run_with_iobinding(self.binding)
+        self.length = total
+        self.lm.forward_tokens += 1
+        # a copy: the returned array may share memory with the binding's output, which the next step reuses
+        return np.array(self.binding.get_outputs()[0].numpy()[0, -1], dtype=np.float32)
+
+
 @dataclass
 class ScoreResult:
     """Per-token log-probs of K continuations of one prompt.
@@ -384,6 +438,15 @@ class LM:
         outs = binding.get_outputs()
         logits = outs[0].numpy()
         return ForwardOutput(logits=logits.astype(np.float32, copy=False), kv=KVCache(list(outs[1:])))
+
+    def steps(self, kv: KVCache, new_tokens: int) -> "PlainSteps | SharedKVSteps":
+        """One-token decode steps after a batch-1 prefill whose cache is `kv`, for up to
+        `new_tokens` tokens: on a shared KV buffer where the graph allows it (SharedKVSteps), else
+        through `forward`."""
+        fused = (self.bundle.manifest.get("graph") or {}).get("kind") == "fused"
+        if fused and self.provider == "cpu" and kv.batch == 1:
+            return SharedKVSteps(self, kv, kv.length + max(new_tokens, 1))
+        return PlainSteps(self, kv)
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[int], chat: bool = False, max_new_tokens: int = 0, system: str | None = None) -> list[int]:
