@@ -156,7 +156,8 @@ class SharedKVSteps:
     Why: through `LM.forward` every step hands the graph the whole past and gets a fresh present
     back, a copy of the cache per token. Bound (IO binding) as both past and present, a buffer with
     room for every token lets GroupQueryAttention write only the new token's keys and values; the
-    logits are the same. int4 decode (SmolLM2, 64 tokens): 1.07× and 1.11× in the two load orders.
+    logits are the same. int4 decode (SmolLM2): 1.10–1.15× at 64 tokens, 1.22–1.26× at 512 (both load
+    orders; benchmarks/RESULTS.md).
     Only for ortrefine's fused graph (GroupQueryAttention) on the CPU, one unpadded row.
     """
 
