@@ -40,10 +40,14 @@ def ort_version() -> tuple[int, ...]:
     return tuple(parts)
 
 
+def graph_kind(bundle: Bundle) -> str | None:
+    """'fused' (ortrefine's GroupQueryAttention graph), 'optimum', or None for older bundles."""
+    return (bundle.manifest.get("graph") or {}).get("kind")
+
+
 def check_graph_supported(bundle: Bundle) -> None:
     """Refuse a fused bundle on an onnxruntime too old for it, naming both fixes."""
-    kind = (bundle.manifest.get("graph") or {}).get("kind")
-    if kind == "fused" and ort_version() < FUSED_MIN_ORT:
+    if graph_kind(bundle) == "fused" and ort_version() < FUSED_MIN_ORT:
         need = ".".join(map(str, FUSED_MIN_ORT))
         raise BundleError(
             f"{bundle.path} has ortrefine's fused graph, which needs onnxruntime >= {need} (this is {ort.__version__}); "
@@ -444,8 +448,7 @@ class LM:
         """One-token decode steps after a batch-1 prefill whose cache is `kv`, for up to
         `new_tokens` tokens: on a shared KV buffer where the graph allows it (SharedKVSteps), else
         through `forward`."""
-        fused = (self.bundle.manifest.get("graph") or {}).get("kind") == "fused"
-        if fused and self.provider == "cpu" and kv.batch == 1:
+        if graph_kind(self.bundle) == "fused" and self.provider == "cpu" and kv.batch == 1:
             return SharedKVSteps(self, kv, kv.length + max(new_tokens, 1))
         return PlainSteps(self, kv)
 
