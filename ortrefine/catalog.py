@@ -1,4 +1,4 @@
-"""The model catalog (models/catalog.toml): named presets and where their bundles live.
+"""The model catalog (catalog.toml, shipped inside the package): named presets and where their bundles live.
 
 Torch-free: the CLI's `models` and `generate --model NAME` use it on edge boxes.
 """
@@ -12,12 +12,12 @@ from pathlib import Path
 
 from ortrefine.errors import UnknownNameError
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGED = Path(__file__).resolve().with_name("catalog.toml")
 
 
 def catalog_path() -> Path:
-    """ORTREFINE_CATALOG overrides the repository's models/catalog.toml."""
-    return Path(os.environ.get("ORTREFINE_CATALOG", _REPO_ROOT / "models" / "catalog.toml"))
+    """ORTREFINE_CATALOG overrides the catalog shipped with the package (a wheel install has no source tree)."""
+    return Path(os.environ.get("ORTREFINE_CATALOG", _PACKAGED))
 
 
 def models_dir() -> Path:

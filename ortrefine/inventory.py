@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any
 
+from ortrefine.bundle import MANIFEST, find_stale, read_manifest
 from ortrefine.catalog import load_catalog, models_dir
-from ortrefine.runtime.bundle import MANIFEST
+from ortrefine.errors import BundleError
 
 
 def _bundle_row(path: Path, name: str, kind: str) -> dict[str, Any]:
-    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = read_manifest(path)
+    except BundleError:
+        return {"name": name, "kind": kind, "path": str(path), "precision": "broken", "size_mb": 0.0, "parent": None}
     size = sum(f["bytes"] for f in manifest.get("files", {}).values())
     return {"name": name, "kind": kind, "path": str(path), "precision": manifest.get("precision", "fp32"),
             "size_mb": size / 1e6, "parent": manifest.get("parent")}
@@ -39,12 +42,14 @@ def list_models() -> list[dict[str, Any]]:
 def doctor_report(model: str | None = None, provider: str = "auto") -> dict[str, str]:
     import onnxruntime as ort
 
-    from ortrefine.export.writer import library_versions
+    from ortrefine.bundle import library_versions
 
     report = {"python": platform.python_version(), "platform": platform.platform()}
     report.update({f"version {k}": v for k, v in library_versions().items()})
     report["onnxruntime device"] = ort.get_device()
     report["available providers"] = ", ".join(ort.get_available_providers())
+    stale = find_stale(models_dir())
+    report["leftovers of killed runs"] = (", ".join(str(s.path) for s in stale) + " (removed by the next write to the same place)") if stale else "none"
     if model:
         import ortrefine
 

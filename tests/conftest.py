@@ -8,6 +8,24 @@ from pathlib import Path
 import pytest
 
 TINY_ARCHS = ("llama", "gpt2")
+
+# Two layers. The unit layer runs in a venv with only `pip install .` (no torch): CI proves the
+# runtime works without the export extra there. The integration layer needs an export: tests in
+# these modules, or using these fixtures, are marked `integration` (and skipped without torch).
+EXPORT_FIXTURES = {"tiny_bundles", "tiny_torch", "optimum_llama_bundle", "tiny", "smollm2_bundle"}
+INTEGRATION_MODULES = ["test_distill.py", "test_fuse.py", "test_gradient.py", "test_llama_graph.py", "test_parity.py",
+                       "test_quantize.py", "test_smollm2.py"]
+HAS_EXPORT = all(importlib.util.find_spec(m) is not None for m in ("torch", "onnx", "optimum"))
+collect_ignore = [] if HAS_EXPORT else INTEGRATION_MODULES
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs the export extra (torch, onnx, optimum): pip install -e '.[export]'")
+    for item in items:
+        if item.path.name in INTEGRATION_MODULES or EXPORT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if not HAS_EXPORT and item.get_closest_marker("integration"):
+            item.add_marker(skip)
 # the graphs parity runs on: llama's default (fused) export, gpt2's (Optimum) and llama via Optimum
 PARITY_VARIANTS = {"llama": "llama", "gpt2": "gpt2", "llama-optimum": "llama"}
 

@@ -87,6 +87,7 @@ def test_weight_bytes_counts_initializers(tiny_bundles, monkeypatch):
     assert data.exists() and weight_bytes(model_file) == model_file.stat().st_size + data.stat().st_size  # onnx-free fallback
 
 
+@pytest.mark.integration
 def test_weight_bytes_per_token_leaves_out_tables_only_gathered_from(tmp_path):
     """An untied embedding (Gather only) is not read whole per token; a tied one (also a MatMul) is."""
     import numpy as np

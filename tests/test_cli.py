@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from click.testing import CliRunner
 
 from ortrefine.cli.main import cli
@@ -44,12 +46,14 @@ def test_generate_errors_are_one_line(tiny_bundles, tmp_path):
         assert "Traceback" not in r.output
 
 
+@pytest.mark.integration
 def test_export_unknown_name(tmp_path):
     r = invoke("export", "gpt-17")
     assert r.exit_code == 1
     assert r.output.startswith("Error: 'gpt-17' is not a catalog name (smollm2-135m, tiny-gpt2, tiny-llama)")
 
 
+@pytest.mark.integration
 def test_export_then_models_lists_it(tmp_path, monkeypatch):
     r = invoke("export", "tiny-gpt2")
     assert r.exit_code == 0, r.output

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,7 +105,7 @@ def test_self_generated_distillation_lowers_kd_and_exports(tiny_bundles, tmp_pat
     # its source is the student's own HF checkpoint (so it can be re-exported or distilled again)
     assert r.manifest["source"]["kind"] == "local"
     assert (r.checkpoint_dir / "student" / "config.json").exists()
-    assert not (r.checkpoint_dir / "state.pt").exists()  # training state is dropped once the bundle exists
+    assert not (r.checkpoint_dir / "state.safetensors").exists()  # training state is dropped once the bundle exists
 
 
 def test_resume_gives_the_identical_loss_curve(tiny_bundles, tmp_path):
@@ -123,7 +125,7 @@ def test_resume_gives_the_identical_loss_curve(tiny_bundles, tmp_path):
     with pytest.raises(Interrupted):
         distill(small(tiny_bundles["gpt2"], tmp_path / "b", on_step=stop_after_5, **kw))
     out_b = tmp_path / "b" / "student"
-    assert not out_b.exists() and (tmp_path / "b" / "student.ckpt" / "state.pt").exists()
+    assert not out_b.exists() and (tmp_path / "b" / "student.ckpt" / "state.safetensors").exists()
     # a new run refuses to clobber the checkpoint silently
     with pytest.raises(ConfigError, match="--resume"):
         distill(small(tiny_bundles["gpt2"], tmp_path / "b", **kw))
@@ -139,6 +141,98 @@ def test_resume_gives_the_identical_loss_curve(tiny_bundles, tmp_path):
     # a different seed is a different curve (the test would pass vacuously otherwise)
     other = distill(small(tiny_bundles["gpt2"], tmp_path / "c", **{**kw, "seed": 8}))
     assert other.losses != full.losses
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stop_after(n):
+    def on_step(step, losses):
+        if step == n:
+            raise Interrupted
+
+    return on_step
+
+
+def _error_of(cfg):
+    """The exception distill(cfg) raised, or None: lets a test check side effects before the error."""
+    try:
+        distill(cfg)
+    except Exception as e:  # noqa: BLE001 - the caller asserts the type
+        return e
+    return None
+
+
+class _Planted:
+    """Unpickling it writes `marker`: what a planted checkpoint could do with any code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.write_text, (self.marker, "unpickled")
+
+
+@pytest.mark.parametrize("name", ["data.pt", "state.pt"])
+def test_a_planted_pickle_is_never_loaded(tiny_bundles, tmp_path, name):
+    """Old versions torch.load-ed these with weights_only=False: a planted file ran code."""
+    kw = dict(self_generated=6, seq_len=12, steps=4, checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        distill(small(tiny_bundles["llama"], tmp_path, on_step=_stop_after(3), **kw))
+    work, marker = tmp_path / "student.ckpt", tmp_path / "unpickled"
+    torch.save(_Planted(marker), work / name)
+    for extra in (dict(resume=True), dict()):
+        err = _error_of(small(tiny_bundles["llama"], tmp_path, **kw, **extra))
+        assert not marker.exists(), f"{name} was unpickled"
+        assert isinstance(err, ConfigError), err
+        assert re.search(f"{name} is a pickle .* never loaded .* pass --overwrite", str(err)) and "\n" not in str(err)
+    # the fix the message names: the folder is distill's (stamped), so it is cleared, the pickle unread
+    r = distill(small(tiny_bundles["llama"], tmp_path, overwrite=True, **kw))
+    assert len(r.losses) == 4 and r.resumed_from is None
+    assert not marker.exists() and not (work / name).exists()
+
+
+def test_overwrite_never_deletes_a_folder_distill_did_not_write(tiny_bundles, tmp_path):
+    llama, work = tiny_bundles["llama"], tmp_path / "student.ckpt"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of work")
+    for extra in (dict(overwrite=True), dict(), dict(overwrite=True, resume=True)):
+        err = _error_of(small(llama, tmp_path, self_generated=4, steps=2, **extra))
+        assert (work / "thesis.tex").exists(), f"{extra}: the user's folder was deleted"
+        assert sorted(p.name for p in work.iterdir()) == ["thesis.tex"], f"{extra}: distill wrote into the user's folder"
+        assert isinstance(err, ExportError) and "no settings.json stamp of ortrefine distill" in str(err), err
+        assert not (tmp_path / "student").exists()
+    r = CliRunner().invoke(cli, ["distill", str(llama), "--layers", "1", "--steps", "2", "--self-generated", "4",
+                                 "--out", str(tmp_path / "student"), "--overwrite"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert r.output.strip().splitlines()[-1].startswith("Error: ") and "never written into or deleted" in r.output
+    assert (work / "thesis.tex").read_text() == "years of work"
+
+
+def test_overwrite_replaces_only_what_distill_wrote(tiny_bundles, tmp_path):
+    """A finished run's folders are distill's; a file added to either makes --overwrite refuse."""
+    kw = dict(self_generated=4, seq_len=12, steps=2)
+    first = distill(small(tiny_bundles["llama"], tmp_path, **kw))
+    out, work = first.path, first.checkpoint_dir
+    for folder, name, message in ((work, "notes.txt", "was not written by ortrefine distill"),
+                                  (out, "notes.txt", "is not a file of that bundle's ortrefine.json")):
+        (folder / name).write_text("mine")
+        err = _error_of(small(tiny_bundles["llama"], tmp_path, overwrite=True, **kw))
+        assert (folder / name).exists(), f"--overwrite deleted {folder} with the user's {name} in it"
+        assert (out / "ortrefine.json").exists()
+        assert isinstance(err, ExportError) and message in str(err), err
+        (folder / name).unlink()
+    # a folder that is not a bundle at all is not replaced either
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("1,2")
+    err = _error_of(small(tiny_bundles["llama"], tmp_path, overwrite=True, out=other, **kw))
+    assert isinstance(err, ExportError) and "no readable ortrefine.json" in str(err), err
+    assert (other / "data.csv").read_text() == "1,2" and not (tmp_path / "other.ckpt").exists()
+    # distill's own folders are replaced (the stamp outlives the run for this)
+    again = distill(small(tiny_bundles["llama"], tmp_path, overwrite=True, **kw))
+    assert again.losses == first.losses and json.loads((out / "ortrefine.json").read_text())["distillation"]
 
 
 def _listing(folder):

@@ -80,6 +80,7 @@ def test_unknown_catalog_name_lists_known():
         get_entry("gpt-17")
 
 
+@pytest.mark.integration
 def test_export_interrupted_leaves_nothing(tmp_path, monkeypatch):
     from ortrefine.export import onnx_export
 
@@ -94,6 +95,7 @@ def test_export_interrupted_leaves_nothing(tmp_path, monkeypatch):
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_export_validation_failure_leaves_nothing(tmp_path):
     from ortrefine.errors import ValidationError
     from ortrefine.export.onnx_export import ExportConfig, export_bundle

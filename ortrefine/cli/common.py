@@ -25,8 +25,10 @@ def domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(str(e)) from None
         except OrtRefineError as e:
             raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted; nothing was written") from None
+        except OSError as e:  # a file or disk the user named: unreadable, unwritable, full
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
+        # KeyboardInterrupt (SIGINT/SIGTERM) passes through to ortrefine.cli.entry: exit 128 + signal
 
     return wrapper
 

@@ -44,7 +44,8 @@ def parse_layers(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in <out>.ckpt/.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Student bundle folder (default: <bundle>-student).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing student and discard an earlier run's checkpoint.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing student bundle and discard an earlier run's checkpoint (only folders ortrefine wrote).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads (1 is often faster on a busy box).")
 @domain_errors
 def distill(bundle: str, layers: tuple[int, ...] | None, **kw) -> None:

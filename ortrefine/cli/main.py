@@ -131,7 +131,7 @@ def doctor(model: str | None, provider: str) -> None:
 # Commands that live in their own modules (each defines `commands: list[click.Command]`). Their
 # module level must stay torch-free: heavy imports go inside the command bodies.
 SUBCOMMAND_MODULES = ["ortrefine.cli.refine_cmd", "ortrefine.cli.compare_cmd", "ortrefine.cli.quantize_cmd", "ortrefine.cli.distill_cmd",
-                      "ortrefine.cli.gradient_cmd", "ortrefine.cli.bench_cmd"]
+                      "ortrefine.cli.gradient_cmd", "ortrefine.cli.bench_cmd", "ortrefine.cli.bundle_cmd"]
 
 
 def _register_subcommands() -> None:
@@ -147,9 +147,7 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m ortrefine.cli.main`
-    cli(prog_name="ortrefine")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from ortrefine.cli.entry import run
+
+    run()

@@ -12,8 +12,14 @@ sampled from the teacher itself (sequence-level distillation: no corpus needed).
 
 Reproducible and resumable: the data order, dropout and sampling of step s depend only on
 (seed, s); checkpoints (student, optimizer, step, RNG states, data position, loss curve) go
-to `<out>.ckpt/state.pt` every `checkpoint_every` steps, and `resume=True` continues from it
-with the same loss curve an uninterrupted run gives.
+to `<out>.ckpt/state.safetensors` every `checkpoint_every` steps, and `resume=True` continues
+from it with the same loss curve an uninterrupted run gives.
+
+Nothing in the work folder is ever unpickled: a checkpoint or data cache is something a user
+copies between machines, and loading a pickle runs whatever code it names. Tensors are
+safetensors, everything else JSON; a `*.pt` pickle an older version wrote is refused unread.
+And nothing the tool did not write is deleted: `--overwrite` removes `<out>.ckpt` only when it
+carries distill's stamp and nothing else, and replaces `<out>` only when it is a bundle.
 """
 
 from __future__ import annotations
@@ -37,10 +43,15 @@ from ortrefine.errors import BundleError, ConfigError, ExportError
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"  # training checkpoint inside the work folder
-STAMP_FILE = "settings.json"  # the settings of that checkpoint (checked before --resume loads anything)
-DATA_FILE = "data.pt"  # self-generated sequences (sampling them is the slow part: cached)
+STATE_FILE = "state.safetensors"  # training checkpoint: tensors, the scalar state as JSON in its header
+STAMP_FILE = "settings.json"  # the run's settings (checked before --resume loads anything); marks the folder as ours
+DATA_FILE = "data.safetensors"  # self-generated sequences (sampling them is the slow part: cached)
 STUDENT_DIR = "student"  # the trained student as an HF checkpoint: the student bundle's source
+LEGACY_FILES = ("state.pt", "data.pt")  # pickles older versions wrote: refused, never loaded
+WORK_ENTRIES = frozenset((STATE_FILE, STAMP_FILE, DATA_FILE, STUDENT_DIR, *LEGACY_FILES))
+WRITTEN_BY = "ortrefine distill"  # the stamp's marker
+STATE_FORMAT = "ortrefine-distill-state/1"
+DATA_FORMAT = "ortrefine-distill-data/1"
 DEFAULT_SELF_GENERATED = 256
 SOURCE_KINDS = ("tiny", "gguf", "local", "hub")
 
@@ -79,7 +90,9 @@ class DistillConfig:
         match this config. The curve is bit-identical to an uninterrupted run's on the same
         machine with the same `threads` (the thread count changes float summation order).
     out: student bundle folder; default `<teacher bundle>-student` beside the teacher.
-    overwrite: replace an existing student bundle and discard an earlier run's checkpoint.
+    overwrite: replace an existing student bundle and discard an earlier run's checkpoint;
+        only ever a bundle (every file listed in its manifest) and a work folder distill wrote
+        (its stamp, nothing else): any other folder is refused, never deleted.
     threads: torch intra-op threads for this run (restored afterwards); None keeps torch's.
         On a busy 2-core box 1 thread can be 2-3x faster than 2 (they fight other processes).
     progress: tqdm progress bars (sampling, training with the loss) on stderr.
@@ -525,26 +538,201 @@ def fingerprint(cfg: DistillConfig, bundle_path: Path, layers: Sequence[int]) ->
     }
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    import torch
-
+def _save_atomic(write: Callable[[Path], None], path: Path) -> None:
+    """write(tmp) then rename: an interrupted save leaves the previous file intact."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
-def _rng_state() -> dict[str, Any]:
+def _write_stamp(work: Path, stamp: dict[str, Any]) -> None:
+    text = json.dumps({**stamp, "written_by": WRITTEN_BY}, indent=1, sort_keys=True) + "\n"
+    _save_atomic(lambda tmp: tmp.write_text(text, encoding="utf-8"), work / STAMP_FILE)
+
+
+def _read_stamp(work: Path) -> dict[str, Any] | None:
+    path = work / STAMP_FILE
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    # older versions wrote the bare fingerprint: still distill's own folder (so --overwrite can clear it)
+    legacy = {"teacher", "layers", "steps", "seed", "self_generated"} <= saved.keys()
+    return saved if saved.get("written_by") == WRITTEN_BY or legacy else None
+
+
+def _check_work_folder(work: Path) -> None:
+    """Refuse a `<out>.ckpt` that distill did not write: the run would write into it, and
+    --overwrite delete it. Ours: distill's stamp, and no entry distill does not write."""
+    if not work.exists() and not work.is_symlink():
+        return
+    fix = "move it away or choose another --out"
+    if work.is_symlink() or not work.is_dir():
+        raise ExportError(f"{work} is not a folder distill wrote, so it is never written into or deleted; {fix}")
+    entries = sorted(work.iterdir())
+    if not entries:
+        return
+    if _read_stamp(work) is None:
+        raise ExportError(f"{work} has no {STAMP_FILE} stamp of ortrefine distill, so it is never written into or deleted; {fix}")
+    known = WORK_ENTRIES | {name + ".tmp" for name in WORK_ENTRIES}
+    foreign = [e.name for e in entries if e.name not in known or e.is_symlink()]
+    if foreign:
+        raise ExportError(f"{work / foreign[0]} was not written by ortrefine distill, so {work} is never deleted; "
+                          f"move that out of the folder or choose another --out")
+
+
+def _check_replaceable(out: Path) -> None:
+    """--overwrite deletes `out` before the new bundle takes its place: only a bundle qualifies
+    (every entry a plain file listed in its manifest), or an empty folder."""
+    from ortrefine.runtime.bundle import MANIFEST
+
+    fix = "--overwrite only replaces a bundle ortrefine wrote: move it away or choose another --out"
+    if out.is_symlink() or not out.is_dir():
+        raise ExportError(f"{out} is not a bundle folder; {fix}")
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise ExportError(f"{out} has no readable {MANIFEST}: not a bundle; {fix}")
+    foreign = [e.name for e in entries if e.name != MANIFEST and (e.name not in files or e.is_symlink() or not e.is_file())]
+    if foreign:
+        raise ExportError(f"{out / foreign[0]} is not a file of that bundle's {MANIFEST}; {fix}")
+
+
+def _check_out(cfg: DistillConfig, out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        if not cfg.overwrite:
+            raise ExportError(f"{out} already exists; pass --overwrite or choose another output folder")
+        _check_replaceable(out)
+
+
+def _tensors(seqs: Sequence[Sequence[int]]) -> tuple[Any, Any]:
     import torch
 
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+    tokens = torch.tensor([t for s in seqs for t in s], dtype=torch.int64)
+    return tokens, lengths
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _sequences(tokens: Any, lengths: Any) -> list[list[int]]:
+    flat, out, at = tokens.tolist(), [], 0
+    for n in lengths.tolist():
+        out.append(flat[at : at + n])
+        at += n
+    if at != len(flat):
+        raise ValueError("token count does not match the lengths")
+    return out
+
+
+def _save_data(path: Path, key: dict[str, Any], train: list[list[int]], heldout: list[list[int]]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, seqs in (("train", train), ("heldout", heldout)):
+        tensors[f"{name}.tokens"], tensors[f"{name}.lengths"] = _tensors(seqs)
+    metadata = {"format": DATA_FORMAT, "key": json.dumps(key, sort_keys=True)}
+    _save_atomic(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), path)
+
+
+def _load_data(path: Path, key: dict[str, Any]) -> tuple[list[list[int]], list[list[int]]] | None:
+    """(train, heldout) cached for these settings; None (sample afresh) when absent, unreadable or stale."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != DATA_FORMAT or json.loads(meta.get("key", "null")) != key:
+                return None
+            return (_sequences(f.get_tensor("train.tokens"), f.get_tensor("train.lengths")),
+                    _sequences(f.get_tensor("heldout.tokens"), f.get_tensor("heldout.lengths")))
+    except (SafetensorError, OSError, ValueError, KeyError):  # json.JSONDecodeError is a ValueError
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of optimizer hyper-parameters (tuples become lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
+
+
+def _save_state(path: Path, student: Any, opt: Any, scalars: dict[str, Any]) -> None:
+    """Student weights, AdamW moments (keyed by param index) and torch's RNG state as tensors;
+    the rest as JSON in the same file's header, so one rename replaces the whole checkpoint."""
     import torch
+    from safetensors.torch import save_file
 
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    # clone: tied weights share storage, which safetensors refuses to write twice
+    tensors = {f"student.{k}": v.detach().clone().contiguous() for k, v in student.state_dict().items()}
+    osd = opt.state_dict()
+    per_param: dict[str, dict[str, Any]] = {}
+    for idx, entries in osd["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{int(idx)}.{name}"] = value.detach().clone().contiguous()
+            else:
+                per_param.setdefault(str(int(idx)), {})[name] = _plain(value)
+    tensors["rng.torch"] = torch.get_rng_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        **scalars,
+        "optimizer": {"param_groups": _plain(osd["param_groups"]), "state": per_param},
+        "rng": {"numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                "python": [version, list(internal), gauss_next]},
+    }
+    metadata = {"format": STATE_FORMAT, "state": json.dumps(state)}
+    _save_atomic(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), path)
+
+
+def _load_state(path: Path, student: Any, opt: Any) -> dict[str, Any]:
+    """Restore student, optimizer and RNG states in place; return the scalar state."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != STATE_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {STATE_FORMAT!r}")
+            state = json.loads(meta["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        weights = {k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")}
+        moments: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optimizer."):
+                idx, name = k[len("optimizer."):].split(".", 1)
+                moments.setdefault(int(idx), {})[name] = v
+        for idx, entries in state["optimizer"]["state"].items():
+            moments.setdefault(int(idx), {}).update(entries)
+        groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+                  for g in state["optimizer"]["param_groups"]]
+        student.load_state_dict(weights, strict=True)
+        opt.load_state_dict({"state": moments, "param_groups": groups})
+        kind, keys, pos, has_gauss, gauss = state["rng"]["numpy"]
+        version, internal, gauss_next = state["rng"]["python"]
+        torch.set_rng_state(tensors["rng.torch"])
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate((version, tuple(internal), gauss_next))
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"the checkpoint {path} cannot be restored ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          "pass --overwrite without --resume to start over") from None
+    return state
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -579,9 +767,13 @@ def plan(cfg: DistillConfig) -> _Plan:
     out = Path(cfg.out) if cfg.out is not None else bundle.path.parent / f"{bundle.path.name}-student"
     if out.resolve() == bundle.path.resolve():
         raise ConfigError(f"the student's output {out} is the teacher bundle itself; choose another --out")
-    if out.exists() and not cfg.overwrite:
-        raise ExportError(f"{out} already exists; pass --overwrite or choose another output folder")
+    _check_out(cfg, out)
     work = out.with_name(out.name + ".ckpt")
+    _check_work_folder(work)
+    legacy = [name for name in LEGACY_FILES if (work / name).exists()]
+    if legacy and (cfg.resume or not cfg.overwrite):
+        raise ConfigError(f"{work / legacy[0]} is a pickle from an older ortrefine and is never loaded (unpickling can run code); "
+                          "pass --overwrite without --resume to start over")
     if cfg.resume and not (work / STATE_FILE).exists():
         raise ConfigError(f"--resume: no checkpoint at {work / STATE_FILE}; drop --resume to start a new run")
     if not cfg.resume and (work / STATE_FILE).exists() and not cfg.overwrite:
@@ -623,20 +815,17 @@ def _corpus(cfg: DistillConfig, p: _Plan, tokenizer: Any) -> tuple[list[list[int
 
 def _generated(cfg: DistillConfig, p: _Plan, teacher: Any, tokenizer: Any, heldout: list[list[int]] | None) -> tuple[list[list[int]], list[list[int]]]:
     """Sequences sampled from the teacher (cached in the work folder for --resume)."""
-    import torch
-
     n_eval = 0 if heldout is not None else max(1, min(32, cfg.n_generate // 10))
     key = {"teacher": str(p.bundle.path.resolve()), "n": cfg.n_generate, "n_eval": n_eval, "seq_len": cfg.seq_len,
            "top_p": cfg.sample_top_p, "seed": cfg.seed, "prompts": _file_digest(cfg.prompts)}
     cache = p.work / DATA_FILE
-    if cache.exists():
-        cached = torch.load(cache, weights_only=False)
-        if cached.get("key") == key:
-            return cached["train"], heldout if heldout is not None else cached["heldout"]
+    cached = _load_data(cache, key)
+    if cached is not None:
+        return cached[0], heldout if heldout is not None else cached[1]
     seeds = seed_prompts(teacher, tokenizer, p.prompt_texts, cfg.seq_len)
     samples = sample_from_teacher(teacher, seeds, cfg.n_generate + n_eval, cfg.seq_len, cfg.sample_top_p, cfg.seed, cfg.progress)
     train, generated_eval = samples[: cfg.n_generate], samples[cfg.n_generate :]
-    _save_atomic({"key": key, "train": train, "heldout": generated_eval}, cache)
+    _save_data(cache, key, train, generated_eval)
     return train, heldout if heldout is not None else generated_eval
 
 
@@ -650,7 +839,10 @@ def _export(cfg: DistillConfig, p: _Plan, student: Any, tokenizer: Any, distilla
     from ortrefine.export.sources import Source
     from ortrefine.export.writer import staging_dir, write_manifest
 
+    _check_out(cfg, p.out)  # again: the folder may have changed during training, and staging_dir deletes it
     ckpt = p.work / STUDENT_DIR
+    if ckpt.is_symlink() or (ckpt.exists() and not ckpt.is_dir()):
+        raise ExportError(f"{ckpt} is not the student folder distill wrote, so it is not replaced; move it away and rerun with --resume")
     if ckpt.exists():
         shutil.rmtree(ckpt)
     student.save_pretrained(ckpt)
@@ -686,10 +878,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
 
 def _check_stamp(work: Path, stamp: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint made under other settings (it would not continue the same curve)."""
-    try:
-        saved = json.loads((work / STAMP_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        raise ConfigError(f"the checkpoint at {work} has no readable {STAMP_FILE}; pass --overwrite to start over") from None
+    saved = _read_stamp(work)
+    if saved is None:
+        raise ConfigError(f"the checkpoint at {work} has no readable {STAMP_FILE}; pass --overwrite to start over")
     diff = sorted(k for k in stamp if stamp[k] != saved.get(k))
     if diff:
         raise ConfigError(f"the checkpoint at {work} was made with other settings ({', '.join(diff)}); "
@@ -710,12 +901,14 @@ def _run(cfg: DistillConfig, p: _Plan, t0: float) -> DistillResult:
     student = build_student(teacher, p.layers)
     pad = _pad_id(teacher)
     train, heldout = _corpus(cfg, p, tokenizer)  # the last check of the input: nothing is written before it
+    _check_work_folder(p.work)  # again, just before writing: loading the teacher took a while
     if p.work.exists() and not cfg.resume and cfg.overwrite:
         shutil.rmtree(p.work)
     p.work.mkdir(parents=True, exist_ok=True)
+    stamp = fingerprint(cfg, p.bundle.path, p.layers)
+    _write_stamp(p.work, stamp)  # first: it is what marks the folder as distill's
     if train is None:
         train, heldout = _generated(cfg, p, teacher, tokenizer, heldout)
-    stamp = fingerprint(cfg, p.bundle.path, p.layers)
 
     if not cfg.train_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
@@ -726,12 +919,11 @@ def _run(cfg: DistillConfig, p: _Plan, t0: float) -> DistillResult:
     history: dict[str, list[float]] = {"loss": [], "kd": [], "ce": []}
     start, resumed_from = 0, None
     if cfg.resume:
-        state = torch.load(p.work / STATE_FILE, weights_only=False)
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
+        state = _load_state(p.work / STATE_FILE, student, opt)
+        if state.get("fingerprint") != stamp:
+            raise ConfigError(f"the checkpoint {p.work / STATE_FILE} does not match its {STAMP_FILE}; pass --overwrite without --resume to start over")
         history, before = state["history"], state["before"]
         start = resumed_from = int(state["step"])
-        _set_rng_state(state["rng"])
     else:
         before = heldout_metrics(teacher, student, heldout, pad, cfg.temperature, cfg.batch_size)
 
@@ -765,13 +957,9 @@ def _run(cfg: DistillConfig, p: _Plan, t0: float) -> DistillResult:
         bar.set_postfix(loss=f"{totals['loss']:.3f}", kd=f"{totals['kd']:.3f}", ce=f"{totals['ce']:.3f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _save_atomic({
-                "fingerprint": stamp, "step": done, "student": student.state_dict(), "optimizer": opt.state_dict(),
-                "history": history, "before": before, "rng": _rng_state(), "data_position": done * per_step,
-            }, p.work / STATE_FILE)
-            stamp_tmp = p.work / (STAMP_FILE + ".tmp")
-            stamp_tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
-            os.replace(stamp_tmp, p.work / STAMP_FILE)
+            _save_state(p.work / STATE_FILE, student, opt, {
+                "fingerprint": stamp, "step": done, "history": history, "before": before, "data_position": done * per_step,
+            })
         if cfg.on_step is not None:
             cfg.on_step(done, {**totals, "lr": lr})
     bar.close()
@@ -800,7 +988,7 @@ def _run(cfg: DistillConfig, p: _Plan, t0: float) -> DistillResult:
     }
     path, manifest = _export(cfg, p, student, tokenizer, distillation)
     (p.work / STATE_FILE).unlink(missing_ok=True)  # the optimizer state is large; the bundle is written
-    (p.work / STAMP_FILE).unlink(missing_ok=True)
+    # the stamp stays: the folder holds the bundle's source checkpoint, and --overwrite needs it to know the folder is ours
     return DistillResult(
         path=path, manifest=manifest, layers=p.layers, losses=history["loss"], kd_losses=history["kd"],
         ce_losses=history["ce"], teacher_ppl=after["teacher_ppl"], student_ppl=after["student_ppl"],

@@ -397,19 +397,17 @@ def _stage_dir(bundle: Path) -> Path:
 def _commit(bundle: Path, staged: Path, new_files: list[str], manifest: dict[str, Any], old_manifest: dict[str, Any]) -> dict[str, Any]:
     """Move the staged files into the bundle, then replace ortrefine.json in one rename.
 
-    The manifest is written in the staging folder (next to symlinks of the bundle's other files,
-    so write_manifest hashes the whole bundle) and renamed last: until that rename the bundle's
+    The manifest is written in the staging folder (with the bundle's other files hashed where
+    they are) and renamed last: until that rename the bundle's
     manifest does not mention the new graph, so an interrupted commit leaves a usable bundle.
     When files are replaced (--overwrite), a manifest without the old graph goes in first, so
     no manifest ever lists a file with another file's size.
     """
-    from ortrefine.export.writer import write_manifest
+    from ortrefine.bundle import describe_files, write_manifest
     from ortrefine.runtime.bundle import MANIFEST
 
-    for p in bundle.iterdir():
-        if p.is_file() and p.name != MANIFEST and p.name not in new_files and not (staged / p.name).exists():
-            os.symlink(p.resolve(), staged / p.name)
-    written = write_manifest(staged, manifest)
+    others = {k: v for k, v in describe_files(bundle).items() if k not in new_files and not (staged / k).exists()}
+    written = write_manifest(staged, manifest, other_files=others)
     if any(name in old_manifest.get("files", {}) for name in new_files):
         interim = {k: v for k, v in old_manifest.items() if k != "gradient"}
         interim["files"] = {k: v for k, v in old_manifest.get("files", {}).items() if k not in new_files}

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ortrefine.bundle.write import OutputClaim, claim_output, write_manifest
 from ortrefine.errors import ValidationError
 from ortrefine.export.sources import Source, load_source, resolve_source
-from ortrefine.export.writer import staging_dir, write_manifest
 
 log = logging.getLogger(__name__)
 TASK = "text-generation-with-past"
@@ -141,15 +142,21 @@ def _onnx_opset(model_file: Path) -> int | None:
     return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: ExportConfig) -> ExportResult:
-    """Export an already-loaded model: stage, export, validate, manifest, rename into place."""
+def write_bundle(model: Any, tokenizer: Any, src: Source, out: Path, cfg: ExportConfig, claim: OutputClaim | None = None) -> ExportResult:
+    """Export an already-loaded model: stage, export, validate, manifest, rename into place.
+
+    `claim`: the caller's hold on `out` (taken before loading the model, so that a second writer
+    fails at once); without one it is taken here."""
     from optimum.exporters.onnx import onnx_export_from_model
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     atol = cfg.atol if cfg.atol is not None else src.validate_atol
     steps = tqdm(total=3, desc=f"export {out.name}", disable=not cfg.progress, leave=False)
-    with staging_dir(out, cfg.overwrite) as tmp:
+    with ExitStack() as stack:
+        if claim is None:
+            claim = stack.enter_context(claim_output(out, cfg.overwrite))
+        tmp = stack.enter_context(claim.staging())
         steps.set_postfix_str("onnx")
         onnx_export_from_model(model, tmp, opset=cfg.opset, task=TASK, do_validation=False)
         tokenizer.save_pretrained(tmp)
@@ -220,10 +227,8 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
 
     src = resolve_source(cfg.source, cfg.revision)
     out = Path(cfg.output) if cfg.output else default_output(src, cfg.source)
-    if out.exists() and not cfg.overwrite:
-        from ortrefine.errors import ExportError
-
-        raise ExportError(f"{out} already exists; pass --overwrite or choose another output folder")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, tokenizer = load_source(src)
-    return write_bundle(model, tokenizer, src, out, cfg)
+    protect = {"local": [Path(src.location)], "gguf": [Path(src.location) / (src.gguf_file or "")]}.get(src.kind, [])
+    with claim_output(out, cfg.overwrite, protect) as claim:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        model, tokenizer = load_source(src)
+        return write_bundle(model, tokenizer, src, out, cfg, claim)

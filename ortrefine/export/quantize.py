@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ortrefine.errors import BundleError, ConfigError, ExportError, MissingExtraError
 from ortrefine.export.quality import GateConfig, GateReport, check, measure
-from ortrefine.export.writer import staging_dir, write_manifest
+from ortrefine.bundle.write import OutputClaim, claim_output, write_manifest
 from ortrefine.runtime.bundle import MANIFEST, MODEL_FILE, Bundle, open_bundle, sha256_file
 
 if TYPE_CHECKING:
@@ -516,10 +516,19 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     out = cfg.out or cfg.default_output(parent_bundle.path)
     if out.resolve() == parent_bundle.path.resolve():
         raise ConfigError(f"the output {out} is the parent bundle itself; choose another --out")
-    if out.exists() and not cfg.overwrite:
-        raise ExportError(f"{out} already exists; pass --overwrite or choose another --out")
-    parent = LM(parent_bundle, provider=gate_provider(cfg))
-    with staging_dir(out, cfg.overwrite) as tmp:
+    with claim_output(out, cfg.overwrite, protect=[parent_bundle.path]) as claim:
+        parent = LM(parent_bundle, provider=gate_provider(cfg))
+        manifest, report, ops, untied = _write_quantized(cfg, parent_bundle, parent, claim)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    log.info("quantized %s -> %s (%s) in %.1fs", parent_bundle.path, out, cfg.to, time.perf_counter() - t0)
+    parent_size = sum(f["bytes"] for f in parent_bundle.manifest.get("files", {}).values()) or parent_bundle.size_bytes()
+    return QuantizeResult(out, manifest, report, ops, size, parent_size, untied, time.perf_counter() - t0)
+
+
+def _write_quantized(cfg: QuantizeConfig, parent_bundle: Bundle, parent: Any, claim: OutputClaim) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Quantize, gate and write the manifest inside the claimed staging folder."""
+    out = claim.final
+    with claim.staging() as tmp:
         ops, untied = _quantize_graph(cfg, parent, tmp)
         _copy_side_files(parent_bundle.path, tmp, parent_bundle.manifest)
         report = _gate(cfg, parent_bundle, parent, tmp)
@@ -545,10 +554,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             "target_provider": cfg.target_provider,
         }
         manifest = write_manifest(tmp, manifest)
-    size = sum(f["bytes"] for f in manifest["files"].values())
-    log.info("quantized %s -> %s (%s) in %.1fs", parent_bundle.path, out, cfg.to, time.perf_counter() - t0)
-    parent_size = sum(f["bytes"] for f in parent_bundle.manifest.get("files", {}).values()) or parent_bundle.size_bytes()
-    return QuantizeResult(out, manifest, report, ops, size, parent_size, untied, time.perf_counter() - t0)
+    return manifest, report, ops, untied
 
 
 def _opset(model_file: Path) -> int | None:
