@@ -55,11 +55,10 @@ def distill(bundle: str, layers: tuple[int, ...] | None, **kw) -> None:
     cfg = DistillConfig(bundle=bundle, layers=layers, progress=True, **kw)
     try:
         r = run(cfg)
-    except KeyboardInterrupt:
-        raise click.ClickException(
-            f"interrupted; no bundle was written. Checkpoints are saved every {cfg.checkpoint_every} steps: "
-            "rerun the same command with --resume to continue"
-        ) from None
+    except KeyboardInterrupt as e:  # ortrefine.cli.entry prints this and exits 128 + signal
+        e.hint = (f"no bundle was written. Checkpoints are saved every {cfg.checkpoint_every} steps: "
+                  "rerun the same command with --resume to continue")
+        raise
     size = sum(f["bytes"] for f in r.manifest["files"].values()) / 1e6
     click.echo(
         f"wrote {r.path} ({size:.1f} MB; {r.student_params / 1e6:.1f} M params vs teacher {r.teacher_params / 1e6:.1f} M; "

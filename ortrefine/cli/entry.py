@@ -35,8 +35,9 @@ def install_signal_handlers() -> None:
 def _interrupted(e: KeyboardInterrupt) -> int:
     signum = getattr(e, "signum", signal.SIGINT)
     name = signal.Signals(signum).name
+    hint = getattr(e, "hint", None) or "partial output was removed"
     try:
-        sys.stderr.write(f"Error: interrupted by {name}; partial output was removed\n")
+        sys.stderr.write(f"Error: interrupted by {name}; {hint}\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
