@@ -307,3 +307,47 @@ def test_unwritable_output_is_one_line(tmp_path):
     r = CliRunner().invoke(cli, ["export", "tiny:llama", str(target), "--no-validate"])
     assert r.exit_code == 1 and r.output.startswith("Error: ") and len(r.output.strip().splitlines()) == 1, r.output
     assert (tmp_path / "a-file").read_text() == "x" if (tmp_path / "a-file").exists() else True
+
+
+def test_export_gradient_never_replaces_a_file_it_did_not_write(bundle):
+    from ortrefine.export.gradient import GradientExportConfig, export_gradient
+
+    (bundle / "gradient.onnx").write_text("the user's own graph")
+    with pytest.raises(ExportError, match="gradient.onnx, which ortrefine did not write"):
+        export_gradient(GradientExportConfig(bundle=str(bundle), overwrite=True))
+    assert (bundle / "gradient.onnx").read_text() == "the user's own graph"
+
+
+SLOW_QUANTIZE = """
+import sys, time
+import ortrefine.export.quantize as q
+orig = q._gate
+def slow(*a, **k):
+    print("STAGED", flush=True)
+    time.sleep(120)
+    return orig(*a, **k)
+q._gate = slow
+from ortrefine.cli.entry import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_quantize_killed_mid_write(bundle, tmp_path, sig):
+    script = tmp_path / "slow_quantize.py"
+    script.write_text(SLOW_QUANTIZE)
+    out = bundle.parent / "q"
+    p = subprocess.Popen([sys.executable, str(script), "quantize", str(bundle), "--to", "int8", "--out", str(out), "--force"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert any("STAGED" in line for line in p.stdout)
+    p.send_signal(sig)
+    p.stdout.read()
+    rc = p.wait(timeout=60)
+    names = sorted(e.name for e in bundle.parent.iterdir())
+    if sig == signal.SIGTERM:
+        assert rc == 143 and names == ["tiny-llama"]
+    else:
+        assert rc == -9 and [n for n in names if n.startswith(".q.tmp-")]
+        r = CliRunner().invoke(cli, ["quantize", str(bundle), "--to", "int8", "--out", str(out), "--force"])
+        assert r.exit_code == 0, r.output
+        assert sorted(e.name for e in bundle.parent.iterdir()) == ["q", "tiny-llama"]

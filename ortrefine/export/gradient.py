@@ -432,6 +432,10 @@ def export_gradient(cfg: GradientExportConfig) -> GradientExportResult:
     bundle = open_bundle(path)
     if "gradient" in bundle.manifest and not cfg.overwrite:
         raise ExportError(f"{path} already has a gradient graph; pass --overwrite to replace it")
+    foreign = [n for n in (GRADIENT_DATA, GRADIENT_FILE, EMBEDDINGS_FILE)
+               if os.path.lexists(path / n) and n not in bundle.manifest.get("files", {})]
+    if foreign:  # a file the manifest does not list is not ours to replace
+        raise ExportError(f"{path} holds {', '.join(foreign)}, which ortrefine did not write; move it away and rerun")
     src = bundle_source(path, bundle.manifest)
     require_export_extra()
     if importlib.util.find_spec("onnxscript") is None:
