@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import click
 
-from ortrefine.cli.common import domain_errors, load_lm, model_options
+from ortrefine.cli.common import Text, domain_errors, load_lm, model_options
 
 if TYPE_CHECKING:
     import numpy as np
@@ -246,6 +246,22 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 # -- commands ------------------------------------------------------------------------------------
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_memory(nbytes: int, what: str, fix: str) -> None:
+    """Refuse a benchmark whose arrays would not fit in half the machine's memory (a MemoryError
+    or the OOM killer otherwise)."""
+    total = _physical_memory()
+    if total and nbytes > total // 2:
+        raise click.UsageError(f"{what} needs about {nbytes / 2**30:.1f} GiB, more than half of this machine's "
+                               f"{total / 2**30:.1f} GiB; {fix}")
+
+
 def _reps_option(default: int):
     return click.option("--reps", type=click.IntRange(min=1), default=default, show_default=True,
                         help="Timed repetitions after one warm-up.")
@@ -259,13 +275,14 @@ def bench() -> None:
 @bench.command("decode")
 @model_options
 @click.option("--tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens to decode (no eos stop).")
-@click.option("--prompt", default=DECODE_PROMPT, show_default=True)
+@click.option("--prompt", default=DECODE_PROMPT, show_default=True, type=Text(stdin=True), help="`-`: read it from standard input.")
 @click.option("--bandwidth-mb", type=click.IntRange(min=1), default=BANDWIDTH_MB, show_default=True,
-              help="Size of the array summed to measure memory read bandwidth.")
+              help="Size of the array summed to measure memory read bandwidth (at most half the machine's memory).")
 @_reps_option(3)
 @domain_errors
 def decode_cmd(model: str, provider: str, threads: int | None, tokens: int, prompt: str, bandwidth_mb: int, reps: int) -> None:
     """Greedy decode speed, time to first token, and the share of memory bandwidth it uses."""
+    _check_memory(bandwidth_mb << 20, "--bandwidth-mb", "lower --bandwidth-mb")
     lm = load_lm(model, provider, threads)
     ids = lm.encode_prompt(prompt, max_new_tokens=tokens)
     decode_fixed(lm, ids, tokens)  # warm-up
@@ -298,6 +315,12 @@ def decode_cmd(model: str, provider: str, threads: int | None, tokens: int, prom
 def scoring_cmd(model: str, provider: str, threads: int | None, batch: int, prefix: int, suffix: int, reps: int) -> None:
     """Batched scoring tokens/s, without and with reuse of a shared prefix's KV cache."""
     lm = load_lm(model, provider, threads)
+    context = lm.bundle.context_length
+    if prefix + suffix > context:
+        raise click.UsageError(f"--prefix {prefix} + --suffix {suffix} is more than the model's context of {context} tokens; "
+                               "lower them")
+    # the plain pass's logits dominate: batch × (prefix + suffix) × vocab float32, twice over
+    _check_memory(2 * 4 * batch * (prefix + suffix) * lm.vocab_size, "--batch × (--prefix + --suffix)", "lower --batch")
     shared, suffixes = scoring_ids(lm, batch, prefix, suffix)
     scoring_once(lm, shared, suffixes)  # warm-up
     runs = [scoring_once(lm, shared, suffixes) for _ in range(reps)]

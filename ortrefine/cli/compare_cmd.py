@@ -7,23 +7,30 @@ from typing import Any
 
 import click
 
-from ortrefine.cli.common import domain_errors
+from ortrefine.cli.common import MAX_THREADS, LibraryChoice, ModelName, Text, domain_errors, providers
+
+
+def _modes() -> tuple[str, ...]:
+    from ortrefine.runtime.refine import MODES
+
+    return MODES
 
 
 @click.command()
-@click.argument("bundles", nargs=-1, required=True)
-@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help="JSONL: prompt, optional kind/chat, keywords, reference.")
-@click.option("--judge", default=None, help="Bundle whose log-probs judge every output (default: the first bundle).")
+@click.argument("bundles", nargs=-1, required=True, type=ModelName())
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL: prompt, optional kind/chat, keywords, reference.")
+@click.option("--judge", default=None, type=ModelName(), help="Bundle whose log-probs judge every output (default: the first bundle).")
 @click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True)
-@click.option("--mode", type=click.Choice(["regenerate", "keep"]), default="regenerate", show_default=True)
+@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True, type=Text())
+@click.option("--mode", type=LibraryChoice(_modes), default="regenerate", show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--positions-per-batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--provider", type=LibraryChoice(providers), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None)
 @domain_errors
 def compare(bundles: tuple[str, ...], prompts_file: Path, judge: str | None, out: Path, limit: int | None,
             provider: str, threads: int | None, objectives: tuple[str, ...], **kw: Any) -> None:
@@ -31,7 +38,11 @@ def compare(bundles: tuple[str, ...], prompts_file: Path, judge: str | None, out
     from ortrefine.runtime.compare import compare as run, markdown_table, read_prompts, write_report
     from ortrefine.runtime.refine import RefineConfig
 
-    prompts = read_prompts(prompts_file)[:limit]
+    try:
+        prompts = read_prompts(prompts_file)[:limit]
+    except UnicodeDecodeError as e:
+        raise click.BadParameter(f"{prompts_file} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8",
+                                 param_hint="'--prompts'") from None
     cfg = RefineConfig(objectives=list(objectives), **kw)
     judge = judge or bundles[0]
     with click.progressbar(length=len(prompts) * len(bundles), label="compare", file=click.get_text_stream("stderr")) as bar:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import click
 
-from ortrefine.cli.common import domain_errors
+from ortrefine.cli.common import FiniteFloat, domain_errors
 
 
 @click.command("export-gradient")
 @click.argument("bundle")
-@click.option("--rtol", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--rtol", type=FiniteFloat(0, min_open=True), default=None,
               help="Max relative error (max|Δ| / max|torch|) of each output vs torch autograd "
                    "[default: the source's tolerance, 1e-4 for tiny models, 1e-3 for real ones].")
 @click.option("--overwrite", is_flag=True, help="Replace the bundle's existing gradient graph.")

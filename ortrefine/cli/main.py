@@ -14,22 +14,39 @@ from typing import Any, Callable
 import click
 
 
-from ortrefine.cli.common import DEFAULT_MODEL, domain_errors, load_lm, model_options  # noqa: F401  (re-exported)
+from ortrefine.cli.common import (DEFAULT_MODEL, FiniteFloat, LibraryChoice, ModelName, Text, domain_errors, load_lm,  # noqa: F401  (re-exported)
+                                  model_options, only_with, providers, strategies)
+
+# Options of one decoding strategy (refused with another: they would be silently ignored).
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
+BEAM_OPTIONS = ("num_beams", "length_penalty", "early_stopping")
+# opsets the export can write: up to torch's TorchScript exporter's maximum (what Optimum runs;
+# torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, 20 in torch 2.13), from 14, the lowest the
+# catalog's architectures export at (below it ops such as arange or triu have no ONNX form: a traceback)
+OPSET_RANGE = (14, 20)
+
+
+def _early_stopping() -> list[str]:
+    from ortrefine.runtime.decoding import EARLY_STOPPING
+
+    return list(EARLY_STOPPING)
 
 
 def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--stop", multiple=True, help="Stop string (repeatable)."),
-        click.option("--early-stopping", type=click.Choice(["false", "true", "never"]), default="false", show_default=True),
-        click.option("--length-penalty", type=float, default=1.0, show_default=True),
-        click.option("--num-beams", type=click.IntRange(min=1), default=4, show_default=True),
-        click.option("--seed", type=int, default=None, help="Seed for sampling."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
-        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True),
-        click.option("--strategy", type=click.Choice(["greedy", "sample", "beam"]), default="greedy", show_default=True),
+        click.option("--stop", multiple=True, type=Text(), help="Stop string (repeatable, not empty)."),
+        click.option("--early-stopping", type=LibraryChoice(_early_stopping), default="false", show_default=True,
+                     help="Beam search only."),
+        click.option("--length-penalty", type=FiniteFloat(), default=1.0, show_default=True, help="Beam search only."),
+        click.option("--num-beams", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Beam search only (at most ortrefine.runtime.decoding.MAX_BEAMS, 256)."),
+        click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for sampling (a whole number >= 0)."),
+        click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=1.0, show_default=True, help="Sampling only."),
+        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Sampling only (0: off)."),
+        click.option("--temperature", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True, help="Sampling only."),
+        click.option("--strategy", type=LibraryChoice(strategies), default="greedy", show_default=True),
         click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--system", default=None, help="System message for --chat."),
+        click.option("--system", default=None, type=Text(), help="System message for --chat."),
         click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template."),
     ]
     for opt in opts:
@@ -37,10 +54,17 @@ def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def generation_config(kw: dict[str, Any]):
-    from ortrefine.runtime.decoding import GenerationConfig
+def check_generation_options(ctx: click.Context, strategy: str, chat: bool) -> None:
+    """Refuse options the chosen strategy (or the missing --chat) would silently ignore."""
+    only_with(ctx, SAMPLING_OPTIONS, "--strategy sample", strategy == "sample")
+    only_with(ctx, BEAM_OPTIONS, "--strategy beam", strategy == "beam")
+    only_with(ctx, ("system",), "--chat", chat)
 
-    es = {"false": False, "true": True, "never": "never"}[kw.pop("early_stopping")]
+
+def generation_config(kw: dict[str, Any]):
+    from ortrefine.runtime.decoding import EARLY_STOPPING, GenerationConfig
+
+    es = EARLY_STOPPING[kw.pop("early_stopping")]
     return GenerationConfig(
         strategy=kw.pop("strategy"), max_new_tokens=kw.pop("max_new_tokens"), temperature=kw.pop("temperature"),
         top_k=kw.pop("top_k"), top_p=kw.pop("top_p"), seed=kw.pop("seed"), num_beams=kw.pop("num_beams"),
@@ -58,8 +82,9 @@ def cli() -> None:
 @click.argument("source")
 @click.argument("output", required=False, type=click.Path(path_type=Path))
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (Optimum's default if unset).")
-@click.option("--atol", type=click.FloatRange(0, min_open=True), default=None, help="Max |Δlogits| ONNX vs torch.")
+@click.option("--opset", type=click.IntRange(OPSET_RANGE[0], OPSET_RANGE[1]), default=None,
+              help=f"ONNX opset, {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (Optimum's default if unset).")
+@click.option("--atol", type=FiniteFloat(0, min_open=True), default=None, help="Max |Δlogits| ONNX vs torch.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with torch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option("--graph", type=click.Choice(["auto", "fused", "optimum"]), default="auto", show_default=True,
@@ -80,13 +105,16 @@ def export(source: str, output: Path | None, revision: str | None, opset: int | 
 
 
 @cli.command()
-@click.argument("prompt")
+@click.argument("prompt", type=Text(stdin=True))
 @model_options
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
 @domain_errors
-def generate(prompt: str, model: str, provider: str, threads: int | None, chat: bool, system: str | None, as_json: bool, **kw: Any) -> None:
-    """Decode a continuation of PROMPT."""
+def generate(ctx: click.Context, prompt: str, model: str, provider: str, threads: int | None, chat: bool, system: str | None,
+             as_json: bool, **kw: Any) -> None:
+    """Decode a continuation of PROMPT (`-`: read it from standard input)."""
+    check_generation_options(ctx, kw["strategy"], chat)
     cfg = generation_config(kw)
     lm = load_lm(model, provider, threads)
     from ortrefine.runtime.decoding import generate as run
@@ -117,8 +145,8 @@ def models(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--model", "-m", default=None, help="Also open this bundle and report the provider a session really gets.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--model", "-m", default=None, type=ModelName(), help="Also open this bundle and report the provider a session really gets.")
+@click.option("--provider", type=LibraryChoice(providers), default="auto", show_default=True)
 @domain_errors
 def doctor(model: str | None, provider: str) -> None:
     """Versions, available execution providers, and which provider a session really got."""
@@ -131,7 +159,7 @@ def doctor(model: str | None, provider: str) -> None:
 # Commands that live in their own modules (each defines `commands: list[click.Command]`). Their
 # module level must stay torch-free: heavy imports go inside the command bodies.
 SUBCOMMAND_MODULES = ["ortrefine.cli.refine_cmd", "ortrefine.cli.compare_cmd", "ortrefine.cli.quantize_cmd", "ortrefine.cli.distill_cmd",
-                      "ortrefine.cli.gradient_cmd", "ortrefine.cli.bench_cmd", "ortrefine.cli.bundle_cmd"]
+                      "ortrefine.cli.gradient_cmd", "ortrefine.cli.bench_cmd", "ortrefine.cli.bundle_cmd", "ortrefine.cli.eval_cmd"]
 
 
 def _register_subcommands() -> None:

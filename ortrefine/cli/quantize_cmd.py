@@ -11,18 +11,25 @@ from pathlib import Path
 
 import click
 
-from ortrefine.cli.common import domain_errors
+from ortrefine.cli.common import FiniteFloat, LibraryChoice, domain_errors, providers
 from ortrefine.export.quality import GateConfig  # numpy only: no torch, no onnx
+
+
+def _quantize():
+    """The quantizer module (imports onnx/onnxruntime: only when its choices are needed)."""
+    import ortrefine.export.quantize as q
+
+    return q
 
 
 @click.command()
 @click.argument("bundle")
-@click.option("--to", "to", required=True, type=click.Choice(["int8", "int4", "int8-dynamic", "fp16"]),
+@click.option("--to", "to", required=True, type=LibraryChoice(lambda: _quantize().TARGETS),
               help="int8/int4: weight-only MatMulNBits; int8-dynamic: quantize_dynamic (batch-dependent); fp16: for CUDA.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="Weights per block for int4/int8 (power of two >= 16).")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
               help="MatMulNBits compute type (4 = int8, the default for rtn; 0 = unset).")
-@click.option("--algo", type=click.Choice(["rtn", "hqq", "gptq"]), default="rtn", show_default=True,
+@click.option("--algo", type=LibraryChoice(lambda: _quantize().ALGOS), default="rtn", show_default=True,
               help="Weight rounding for int4/int8 (gptq is refused: see the message).")
 @click.option("--quantize-embeddings", is_flag=True, help="Untie the lm_head and quantize it and the embedding table too.")
 @click.option("--head-bits", type=click.Choice(["4", "8"]), default=None,
@@ -30,13 +37,13 @@ from ortrefine.export.quality import GateConfig  # numpy only: no torch, no onnx
 @click.option("--symmetric", is_flag=True,
               help="int4/int8 rtn without zero points (grids centred on 0).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: <bundle>-<to> beside it).")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--provider", type=LibraryChoice(providers), default="auto", show_default=True,
               help="Provider the bundle is for (auto: cuda for fp16, else cpu). The gate runs on the CPU (fp16: on CUDA if present).")
-@click.option("--max-kl", type=click.FloatRange(0), default=GateConfig.max_kl, show_default=True,
+@click.option("--max-kl", type=FiniteFloat(0), default=GateConfig.max_kl, show_default=True,
               help="Gate: max mean KL(parent || quantized), nats/token.")
-@click.option("--max-ppl-ratio", type=click.FloatRange(1), default=GateConfig.max_ppl_ratio, show_default=True,
+@click.option("--max-ppl-ratio", type=FiniteFloat(1), default=GateConfig.max_ppl_ratio, show_default=True,
               help="Gate: max perplexity ratio quantized / parent.")
-@click.option("--min-top1", type=click.FloatRange(0, 1), default=GateConfig.min_top1, show_default=True,
+@click.option("--min-top1", type=FiniteFloat(0, 1), default=GateConfig.min_top1, show_default=True,
               help="Gate: min fraction of positions whose top-1 next token agrees.")
 @click.option("--force", is_flag=True, help="Keep the bundle even if the quality gate fails (recorded in the manifest).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")

@@ -8,7 +8,37 @@ from typing import Any
 
 import click
 
-from ortrefine.cli.common import domain_errors, load_lm, model_options
+from ortrefine.cli.common import FiniteFloat, LibraryChoice, Text, domain_errors, load_lm, model_options, only_with, strategies
+
+
+def _modes() -> tuple[str, ...]:
+    from ortrefine.runtime.refine import MODES
+
+    return MODES
+
+
+def _orders() -> list[str]:
+    from ortrefine.runtime.refine import ORDERS
+
+    return ORDERS.names()
+
+
+def _proposals() -> tuple[str, ...]:
+    from ortrefine.runtime.refine import PROPOSALS
+
+    return PROPOSALS
+
+
+def _optimizers() -> tuple[str, ...]:
+    from ortrefine.runtime.refine import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def _relax_methods() -> tuple[str, ...]:
+    from ortrefine.runtime.relax import METHODS
+
+    return METHODS
 
 
 def _top_k(value: str) -> int | None:
@@ -62,58 +92,64 @@ def render(result: Any, tokenizer: Any) -> str:
     if c.rescore_rejected:
         lines.append(f"note: {c.rescore_rejected} winning candidate(s) lost on a full rescoring (batched and full passes "
                      "differ on this bundle) and were not accepted")
-    if not result.final_retokenized.get("same_ids", True):
-        lines.append(f"note: Y*'s text re-tokenizes differently; J recomputed on it: {result.final_retokenized['objective']['total']:.3f}")
+    retok = result.final_retokenized
+    if not retok.get("same_ids", True):
+        j = (retok.get("objective") or {}).get("total")
+        lines.append("note: Y*'s text re-tokenizes differently; " + (f"J recomputed on it: {j:.3f}" if j is not None else
+                     "J could not be recomputed on it (it re-tokenizes to no tokens, or past the context)"))
     return "\n".join(lines)
 
 
 @click.command()
-@click.argument("prompt")
+@click.argument("prompt", type=Text(stdin=True))
 @model_options
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
-@click.option("--system", default=None, help="System message for --chat.")
+@click.option("--system", default=None, type=Text(), help="System message for --chat.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True,
+@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True, type=Text(),
               help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, coverage, reference, reward).")
-@click.option("--keywords", default=None, help="Comma-separated keywords for the coverage term.")
-@click.option("--reference", default=None, help="Reference text for the reference term.")
-@click.option("--mode", type=click.Choice(["regenerate", "keep"]), default="regenerate", show_default=True)
+@click.option("--keywords", default=None, type=Text(), help="Comma-separated keywords for the coverage term.")
+@click.option("--reference", default=None, type=Text(), help="Reference text for the reference term.")
+@click.option("--mode", type=LibraryChoice(_modes), default="regenerate", show_default=True)
 @click.option("--top-k", default="3", show_default=True, callback=lambda ctx, param, value: _top_k(value), help="Proposals per position, or 'all' for the whole vocabulary.")
-@click.option("--min-prob", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
-@click.option("--edits", default="substitute", show_default=True, help="Comma-separated: substitute,insert,delete.")
-@click.option("--order", type=click.Choice(["l2r", "r2l", "random", "worst-first", "gradient-norm"]), default="l2r", show_default=True)
-@click.option("--proposal", type=click.Choice(["topk", "gradient", "hybrid"]), default="topk", show_default=True,
+@click.option("--min-prob", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--edits", default="substitute", show_default=True, type=Text(),
+              help="Comma-separated: substitute,insert,delete (insert and delete need --mode keep).")
+@click.option("--order", type=LibraryChoice(_orders), default="l2r", show_default=True)
+@click.option("--proposal", type=LibraryChoice(_proposals), default="topk", show_default=True,
               help="Candidates from the model's own distribution, HotFlip gradient scores (needs `ortrefine export-gradient`), or both.")
-@click.option("--optimizer", type=click.Choice(["coordinate", "gradient"]), default="coordinate", show_default=True,
+@click.option("--optimizer", type=LibraryChoice(_optimizers), default="coordinate", show_default=True,
               help="gradient: ascent on a softmax relaxation of Y, projected and verified exactly (needs export-gradient).")
-@click.option("--relax-steps", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--relax-lr", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--relax-method", type=click.Choice(["plain", "momentum", "adam"]), default="adam", show_default=True)
+@click.option("--relax-steps", type=click.IntRange(min=1), default=8, show_default=True, help="--optimizer gradient only.")
+@click.option("--relax-lr", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True, help="--optimizer gradient only.")
+@click.option("--relax-method", type=LibraryChoice(_relax_methods), default="adam", show_default=True, help="--optimizer gradient only.")
 @click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--positions-per-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Positions whose candidates are scored in one batch; the best edit among them is accepted.")
 @click.option("--draft", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Regenerate: tokens drafted from the incumbent and verified per pass (exact).")
+              help="--mode regenerate only: tokens drafted from the incumbent and verified per pass (exact).")
 @click.option("--screen", type=click.IntRange(min=0), default=0, show_default=True,
               help="Approximate, faster: after the edit and N more tokens, finish only the --screen-keep most promising candidates per batch (0: exact).")
-@click.option("--screen-keep", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--budget-seconds", type=float, default=None, help="Stop once this much wall time is spent.")
-@click.option("--budget-tokens", type=int, default=None, help="Stop once this many tokens were scored.")
+@click.option("--screen-keep", type=click.IntRange(min=1), default=4, show_default=True, help="With --screen only.")
+@click.option("--tol", type=FiniteFloat(0), default=1e-6, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="For --order random and --initial-strategy sample.")
+@click.option("--budget-seconds", type=FiniteFloat(), default=None, help="Stop once this much wall time is spent (seconds > 0).")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Stop once this many tokens were scored.")
 @click.option("--no-prune", is_flag=True, help="Score every candidate to the end (for measuring what pruning saves).")
-@click.option("--initial", default=None, help="Refine this text instead of decoding Y⁰.")
-@click.option("--initial-strategy", type=click.Choice(["greedy", "sample", "beam"]), default="greedy", show_default=True)
+@click.option("--initial", default=None, type=Text(), help="Refine this text instead of decoding Y⁰.")
+@click.option("--initial-strategy", type=LibraryChoice(strategies), default="greedy", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole trace as JSON.")
+@click.pass_context
 @domain_errors
-def refine(prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None, keywords: str | None,
-           edits: str, initial_strategy: str, no_prune: bool, relax_steps: int, relax_lr: float, relax_method: str,
-           **kw: Any) -> None:
-    """Decode PROMPT's output, then improve it against the objective."""
+def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None,
+           keywords: str | None, edits: str, initial_strategy: str, no_prune: bool, relax_steps: int, relax_lr: float,
+           relax_method: str, **kw: Any) -> None:
+    """Decode PROMPT's output, then improve it against the objective (PROMPT `-`: read it from standard input)."""
     from ortrefine.runtime.decoding import GenerationConfig
     from ortrefine.runtime.refine import RefineConfig, refine as run
     from ortrefine.runtime.relax import RelaxConfig
 
+    check_refine_options(ctx, kw, keywords, edits)
     cfg = RefineConfig(
         objectives=list(kw.pop("objectives")), keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
@@ -129,6 +165,31 @@ def refine(prompt: str, model: str, provider: str, threads: int | None, as_json:
         click.echo(json.dumps({**result.to_dict(), "provider": lm.provider, "model": str(lm.bundle.path)}))
     else:
         click.echo(render(result, lm.tokenizer))
+
+
+def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str | None, edits: str) -> None:
+    """Refuse options that this combination would silently ignore (each message names the fix)."""
+    from ortrefine.runtime.objectives import ObjectiveSpec
+
+    names = {ObjectiveSpec.parse(o).name for o in kw["objectives"]}
+    only_with(ctx, ("keywords",), "--objective coverage", "coverage" in names)
+    only_with(ctx, ("reference",), "--objective reference", "reference" in names)
+    only_with(ctx, ("system",), "--chat", kw["chat"])
+    only_with(ctx, ("relax_steps", "relax_lr", "relax_method"), "--optimizer gradient", kw["optimizer"] == "gradient")
+    only_with(ctx, ("screen_keep",), "--screen N (N > 0)", kw["screen"] > 0)
+    only_with(ctx, ("draft",), "--mode regenerate", kw["mode"] == "regenerate")
+    only_with(ctx, ("initial_strategy",), "no --initial (it decodes Y⁰; --initial gives it)", kw["initial"] is None)
+    if keywords is not None and not _csv(keywords):
+        raise click.BadParameter("names no keyword; give comma-separated words, e.g. --keywords dog,frisbee,park",
+                                 ctx, param_named(ctx, "keywords"))
+    kinds = {e.lower() for e in _csv(edits)}
+    if kw["mode"] == "regenerate" and kinds & {"insert", "delete"}:
+        raise click.UsageError("--edits insert/delete only apply with --mode keep (regenerate re-decodes the suffix after "
+                               "every substitution); add --mode keep, or use --edits substitute")
+
+
+def param_named(ctx: click.Context, name: str) -> click.Parameter | None:
+    return next((p for p in ctx.command.params if p.name == name), None)
 
 
 commands = [refine]

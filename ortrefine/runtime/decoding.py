@@ -7,20 +7,34 @@ heuristic), so its outputs can be checked token for token against `model.generat
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ortrefine.errors import ConfigError
+from ortrefine.errors import ConfigError, PromptError
 from ortrefine.registry import Registry
 from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
+from ortrefine.runtime.tokenizer import check_text
 
 if TYPE_CHECKING:
     from ortrefine.runtime.session import LM
 
 STRATEGIES: Registry[Callable[..., "Decoded"]] = Registry("decoding strategy")
+MAX_BEAMS = 256  # beam search holds one KV cache and one row of logits per beam
+EARLY_STOPPING = {"false": False, "true": True, "never": "never"}  # the CLI's spelling → GenerationConfig's
+
+
+def _need_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+
+
+def _need_finite(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass
@@ -50,19 +64,34 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         self.strategy = str(self.strategy).lower()
         STRATEGIES.get(self.strategy)
-        self.stop = tuple(self.stop)
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        for name in ("max_new_tokens", "top_k", "num_beams"):
+            _need_int(name, getattr(self, name))
         if self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        for name in ("temperature", "top_p", "length_penalty"):
+            _need_finite(name, getattr(self, name))
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.num_beams < 1:
-            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.early_stopping not in (True, False, "never"):
+        if not 1 <= self.num_beams <= MAX_BEAMS:
+            raise ConfigError(f"num_beams must be in [1, {MAX_BEAMS}] (each beam holds a KV cache), got {self.num_beams}")
+        if self.seed is not None:
+            _need_int("seed", self.seed)
+            if self.seed < 0:
+                raise ConfigError(f"seed must be a whole number >= 0, got {self.seed}")
+        if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
             raise ConfigError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise ConfigError(f"stop strings must be non-empty text, got {s!r} (an empty one would end every output at once)")
+            try:
+                check_text(s, "a stop string")
+            except PromptError as e:
+                raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -134,7 +163,10 @@ def _cut_at_stop(lm: "LM", ids: list[int], stop: tuple[str, ...]) -> tuple[list[
 
 def _sample_logits(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Generator) -> int:
     """temperature → top-k → top-p → draw (transformers' warper order)."""
-    x = logits.astype(np.float64) / cfg.temperature
+    with np.errstate(over="ignore"):
+        x = logits.astype(np.float64) / cfg.temperature
+        if not np.isfinite(x).all():  # a tiny temperature overflows: shift first (the same distribution)
+            x = (logits.astype(np.float64) - float(np.max(logits))) / cfg.temperature
     if cfg.top_k and cfg.top_k < x.size:
         kth = np.partition(x, -cfg.top_k)[-cfg.top_k]
         x = np.where(x < kth, -np.inf, x)
@@ -185,6 +217,14 @@ def _topk_desc(x: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -x[part]))]
 
 
+def _length_norm(n: int, length_penalty: float) -> np.float32:
+    """n ** length_penalty as transformers divides by it, kept finite and non-zero: a huge
+    |length_penalty| overflows Python's float power (OverflowError) or reaches 0 (a division by 0)."""
+    with np.errstate(over="ignore", under="ignore"):
+        d = np.float64(n) ** np.float64(length_penalty)
+    return np.float32(min(max(float(d), 1e-30), 1e30))
+
+
 def beam(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
     """Beam search for one prompt, step for step as transformers 4.57 `_beam_search`."""
     nb, P = cfg.num_beams, len(prompt_ids)
@@ -218,7 +258,7 @@ def beam(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
         nxt = _topk_desc(run_lp, nb)
         running, run_scores, beam_origin = cand[nxt], run_lp[nxt], origin[nxt]
         # 3. finished hypotheses: length-penalised, merged with the older ones, best `nb` kept
-        fin_lp = top_lp / np.float32((cur + 1 - P) ** cfg.length_penalty)
+        fin_lp = top_lp / _length_norm(cur + 1 - P, cfg.length_penalty)
         if done.all() and cfg.early_stopping is True:
             fin_lp = fin_lp + neg
         if not unsatisfied:
@@ -234,14 +274,20 @@ def beam(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
         cur += 1
         # 4. stop when no running beam can beat the worst finished one, or nothing can continue
         best_len = (max_length - P) if (cfg.early_stopping == "never" and cfg.length_penalty > 0) else (cur - P)
-        best_running = run_scores[0] / np.float32(best_len**cfg.length_penalty)
+        best_running = run_scores[0] / _length_norm(best_len, cfg.length_penalty)
         worst_done = np.where(done, done_scores.min(), neg)
         unsatisfied = unsatisfied and bool(np.any(best_running > worst_done))
         if not unsatisfied or (done.all() and cfg.early_stopping is True) or hits.all():
             break
         step = lm.forward(running[:, cur - 1 : cur], kv.rows(beam_origin))
         logits, kv = step.logits[:, -1], step.kv
-    ids = [int(t) for t in done_seqs[0, P : done_len[0]]]
+    if done[0]:
+        ids = [int(t) for t in done_seqs[0, P : done_len[0]]]
+    elif done.any():  # a length penalty so negative that finished scores fell below the empty slots' -1e9
+        k = int(np.argmax(done))
+        ids = [int(t) for t in done_seqs[k, P : done_len[k]]]
+    else:  # nothing finished above the empty slots: the best running beam, not an empty output
+        ids = [int(t) for t in running[0, P:cur]]
     reason = "eos" if ids and ids[-1] in lm.eos_ids else "length"
     return Decoded(ids, reason)
 

@@ -12,6 +12,7 @@ All terms go through `Objective.evaluate`, the one scoring interface of the refi
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 
 from ortrefine.errors import ConfigError, ObjectiveError
 from ortrefine.registry import Registry
+from ortrefine.runtime.tokenizer import one_line as _one_line
 
 if TYPE_CHECKING:
     from ortrefine.runtime.tokenizer import TextTokenizer
@@ -35,6 +37,53 @@ STOPWORDS = frozenset(
     "would could may might must shall one two uses use using write sentence words following these please make give tell "
     "your you me my we our us he she his her him i".split()
 )
+
+
+def opt_float(term: str, key: str, value: Any, low: float | None = None) -> float:
+    """An option as a finite float (>= low when given); a string is parsed."""
+    try:
+        x = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        raise ConfigError(f"objective {term!r}: option {key}={value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"objective {term!r}: option {key} must be a finite number, got {value!r}")
+    if low is not None and x < low:
+        raise ConfigError(f"objective {term!r}: option {key} must be >= {low:g}, got {value!r}")
+    return x
+
+
+def opt_int(term: str, key: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """An option as a whole number (>= low when given); "3" and 3.0 are 3, "2.5" is refused."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n = int(value)
+    else:
+        text = str(value).strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            n = int(text)
+        else:
+            x = opt_float(term, key, value)
+            if not x.is_integer():
+                raise ConfigError(f"objective {term!r}: option {key} must be a whole number, got {value!r}")
+            n = int(x)
+    if low is not None and n < low:
+        raise ConfigError(f"objective {term!r}: option {key} must be >= {low}, got {value!r}")
+    if high is not None and n > high:
+        raise ConfigError(f"objective {term!r}: option {key} must be <= {high}, got {value!r}")
+    return n
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def opt_bool(term: str, key: str, value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"objective {term!r}: option {key} must be 1/0 (true/false), got {value!r}")
 
 
 @dataclass
@@ -141,9 +190,11 @@ class MeanLogProb(Term):
     name, lm = "mean-logprob", True
 
     def configure(self, alpha: float = 1.0, gnmt: bool = False) -> None:
-        self.alpha, self.gnmt = float(alpha), bool(int(gnmt)) if isinstance(gnmt, str) else bool(gnmt)
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ConfigError(f"mean-logprob: alpha must be a finite number >= 0, got {alpha}")
+        try:
+            self.alpha = opt_float(self.name, "alpha", alpha, low=0.0)
+        except ConfigError:
+            raise ConfigError(f"mean-logprob: alpha must be a finite number >= 0, got {alpha}") from None
+        self.gnmt = opt_bool(self.name, "gnmt", gnmt)
 
     def _norm(self, n: np.ndarray) -> np.ndarray:
         n = np.maximum(np.asarray(n, dtype=np.float64), 1)
@@ -168,11 +219,14 @@ class Reference(Term):
     name, lm, needs_reference = "reference", True, True
 
     def configure(self, overlap: float = 1.0) -> None:
-        self.overlap = float(overlap)
-        if not (math.isfinite(self.overlap) and self.overlap >= 0):
-            raise ConfigError(f"reference: overlap must be >= 0, got {overlap}")
-        if self.ctx is not None and not self.ctx.reference:
+        try:
+            self.overlap = opt_float(self.name, "overlap", overlap, low=0.0)
+        except ConfigError:
+            raise ConfigError(f"reference: overlap must be a finite number >= 0, got {overlap}") from None
+        if self.ctx is not None and not (self.ctx.reference or "").strip():
             raise ConfigError("objective 'reference' needs a reference text: pass --reference TEXT")
+        if self.ctx is not None and not self.ctx.reference_ids:
+            raise ConfigError("the reference text encodes to no tokens; pass a reference with some text")
 
     def _n(self) -> int:
         return max(1, len(self.ctx.reference_ids)) if self.ctx else 1
@@ -195,7 +249,7 @@ class Length(Term):
     name = "length"
 
     def configure(self, target: int | None = None) -> None:
-        self.target = None if target is None else int(target)
+        self.target = None if target is None else opt_int(self.name, "target", target, low=1, high=1 << 31)
 
     def evaluate(self, batch):
         target = self.target if self.target is not None else (self.ctx.initial_len or self.ctx.max_len)
@@ -212,9 +266,10 @@ class Repetition(Term):
     name = "repetition"
 
     def configure(self, n: int = 3) -> None:
-        self.n = int(n)
-        if self.n < 1:
-            raise ConfigError(f"repetition: n must be >= 1, got {n}")
+        try:
+            self.n = opt_int(self.name, "n", n, low=1)
+        except ConfigError:
+            raise ConfigError(f"repetition: n must be a whole number >= 1, got {n}") from None
 
     def evaluate(self, batch):
         out = []
@@ -275,8 +330,17 @@ class Coverage(Term):
 
     def configure(self) -> None:
         ctx = self.ctx
-        self.keywords = tuple(k.strip().lower() for k in (ctx.keywords if ctx and ctx.keywords else content_words(ctx.prompt if ctx else "")) if k.strip())
-        self.stems = [_stem(k) for k in self.keywords]
+        given = bool(ctx and ctx.keywords)
+        raw = ctx.keywords if given else content_words(ctx.prompt if ctx else "")
+        self.keywords = tuple(dict.fromkeys(k.strip().lower() for k in raw if isinstance(k, str) and k.strip()))
+        for k in self.keywords:
+            if not _words(k):
+                raise ConfigError(f"coverage: keyword {k!r} has no letters or digits, so no text can cover it; drop it from --keywords")
+        if ctx is not None and not self.keywords:
+            raise ConfigError("objective 'coverage' has no keywords: " + ("--keywords names none" if given else
+                              "the prompt has no content words") + "; pass --keywords a,b,c")
+        # a keyword of several words is covered by those words' stems in a row
+        self.stems = [tuple(_stem(w) for w in _words(k)) for k in self.keywords]
         tok = ctx.tokenizer if ctx else None
         self._first_tokens: dict[str, list[int]] = {}
         if tok is not None:
@@ -285,8 +349,16 @@ class Coverage(Term):
                 self._first_tokens[k] = sorted(firsts)
 
     def covered(self, text: str) -> list[bool]:
-        stems = {_stem(w) for w in _words(text)}
-        return [s in stems for s in self.stems]
+        seq = [_stem(w) for w in _words(text)]
+        single = set(seq)
+        out = []
+        for s in self.stems:
+            if len(s) == 1:
+                out.append(s[0] in single)
+            else:
+                n = len(s)
+                out.append(any(tuple(seq[i : i + n]) == s for i in range(len(seq) - n + 1)))
+        return out
 
     def evaluate(self, batch):
         return np.array([sum(self.covered(t)) for t in batch.texts], dtype=np.float64)
@@ -314,21 +386,24 @@ class Reward(Term):
     def configure(self, fn: str | None = None, label: int = -1, max: float | None = None) -> None:  # noqa: A002
         if not fn:
             raise ConfigError("objective 'reward' needs a function or model: reward=module:function or reward=path/to/bundle")
+        if not isinstance(fn, str):
+            raise ConfigError(f"objective 'reward': fn must be module:function or a folder, got {fn!r}")
         self.spec = fn
-        self.bound = math.inf if max is None else float(max)
+        self.bound = math.inf if max is None else opt_float(self.name, "max", max)
+        label = opt_int(self.name, "label", label)
         self.fn: Callable[[list[tuple[str, str]]], Sequence[float]] = (
-            _onnx_reward(Path(fn), int(label)) if Path(fn).is_dir() else _load_function(fn)
+            _onnx_reward(Path(fn), label) if _is_dir(fn) else _load_function(fn)
         )
 
     def evaluate(self, batch):
         pairs = [(batch.prompt, t) for t in batch.texts]
         try:
-            values = self.fn(pairs)
+            values = list(self.fn(pairs))
         except Exception as e:  # the user's code: any failure is reported as theirs, in one line
-            raise ObjectiveError(f"reward function {self.spec} raised {type(e).__name__}: {e}") from None
+            raise ObjectiveError(f"reward function {self.spec} raised {_one_line(e)}") from None
         try:
-            arr = np.asarray(list(values), dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
+            arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        except Exception:  # noqa: BLE001 - whatever the values are, they are not floats
             raise ObjectiveError(f"reward function {self.spec} must return one float per (prompt, text) pair") from None
         if arr.shape != (len(pairs),):
             raise ObjectiveError(f"reward function {self.spec} returned {arr.size} values for {len(pairs)} texts; return one float per text")
@@ -340,14 +415,25 @@ class Reward(Term):
         return self.bound
 
 
+def _is_dir(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _load_function(spec: str) -> Callable[..., Any]:
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise ConfigError(f"reward function must be given as module:function, got {spec!r}")
     try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load reward function {spec}: {e}") from None
+        mod = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's module: any failure at import (SyntaxError too) is one line
+        raise ConfigError(f"cannot load reward function {spec}: importing {module!r} raised {_one_line(e)}") from None
+    try:
+        fn = getattr(mod, attr)
+    except Exception as e:  # noqa: BLE001 - AttributeError, or whatever a module __getattr__ raises
+        raise ConfigError(f"cannot load reward function {spec}: {_one_line(e)}") from None
     if not callable(fn):
         raise ConfigError(f"reward {spec} is not callable")
     return fn
@@ -358,10 +444,13 @@ def _onnx_reward(folder: Path, label: int) -> Callable[[list[tuple[str, str]]], 
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    if not (folder / "model.onnx").exists() or not (folder / "tokenizer.json").exists():
+    if not (folder / "model.onnx").is_file() or not (folder / "tokenizer.json").is_file():
         raise ConfigError(f"reward model {folder} needs model.onnx and tokenizer.json")
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    try:
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as e:  # noqa: BLE001 - onnxruntime / tokenizers raise their own types for a bad file
+        raise ConfigError(f"reward model {folder} cannot be loaded ({_one_line(e)}); give a sequence-classification ONNX folder") from None
     names = {i.name for i in session.get_inputs()}
 
     def score(pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -395,24 +484,27 @@ class ObjectiveSpec:
             raise ConfigError(f"cannot parse objective {text!r}; write NAME[=WEIGHT][:key=value,...]")
         name, rest = m.group(1), m.group(2)
         TERMS.get(name)
-        weight, options = 1.0, {}
+        weight, options, seen_weight = 1.0, {}, False
         if rest.startswith("="):
             value = rest[1:]
             if name == "reward":
                 options["fn"] = value
             else:
                 value, _, opts = value.partition(":")
-                weight = _float(value, text)
+                weight, seen_weight = _float(value, text), True
                 rest = ":" + opts if opts else ""
         if rest.startswith(":"):
             for part in rest[1:].split(","):
                 key, eq, val = part.partition("=")
                 if not eq:
                     raise ConfigError(f"objective {text!r}: option {part!r} is not key=value")
+                key = key.strip().replace("-", "_")
+                if key in options or (key == "weight" and seen_weight):
+                    raise ConfigError(f"objective {text!r}: option {key!r} is given twice")
                 if key == "weight":
-                    weight = _float(val, text)
+                    weight, seen_weight = _float(val, text), True
                 else:
-                    options[key.replace("-", "_")] = val
+                    options[key] = val
         elif rest and not rest.startswith("="):
             raise ConfigError(f"cannot parse objective {text!r}; write NAME[=WEIGHT][:key=value,...]")
         return cls(name, weight, options)
@@ -436,16 +528,19 @@ class Objective:
         for spec in parsed:
             cls = TERMS.get(spec.name)
             opts = dict(spec.options)
-            for key in ("alpha", "overlap", "label", "max", "n", "target"):
-                if key in opts and isinstance(opts[key], str):
-                    try:
-                        opts[key] = float(opts[key]) if key in ("alpha", "overlap", "max") else int(float(opts[key]))
-                    except ValueError:
-                        raise ConfigError(f"objective {spec.name!r}: option {key}={opts[key]!r} is not a number") from None
-            try:
-                self.terms.append(cls(spec.weight, ctx, **opts))
-            except TypeError as e:
-                raise ConfigError(f"objective {spec.name!r}: bad option(s) {sorted(opts)} ({e})") from None
+            accepted = {name for name, p in inspect.signature(cls.configure).parameters.items()
+                        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            unknown = sorted(set(opts) - accepted)
+            if unknown:
+                known = ", ".join(sorted(accepted)) or "none"
+                raise ConfigError(f"objective {spec.name!r}: unknown option(s) {', '.join(map(repr, unknown))}; it takes: {known}")
+            weight = spec.weight
+            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"objective {spec.name!r}: weight must be a finite number, got {weight!r}")
+            term = cls(float(weight), ctx, **opts)
+            if any(t.name == term.name for t in self.terms):  # J would count the later one's value for both
+                raise ConfigError(f"objective {spec.name!r} is given twice; give each term once (add the weights up)")
+            self.terms.append(term)
         self.ctx = ctx
         self.needs_reference = any(t.needs_reference for t in self.terms)
 
@@ -456,8 +551,12 @@ class Objective:
     def evaluate(self, batch: Batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(K,) totals and the raw value of each term."""
         parts = {t.name: t.evaluate(batch) for t in self.terms}
-        total = sum(t.weight * parts[t.name] for t in self.terms)
-        return np.asarray(total, dtype=np.float64), parts
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.asarray(sum(t.weight * parts[t.name] for t in self.terms), dtype=np.float64)
+        if not np.all(np.isfinite(total)):
+            terms = ", ".join(f"{t.describe()} ({float(np.min(parts[t.name])):g})" for t in self.terms)
+            raise ObjectiveError(f"the objective is not a finite number ({terms}); use smaller weights")
+        return total, parts
 
     def can_prune(self) -> bool:
         """Exact pruning needs every non-LM term bounded above."""

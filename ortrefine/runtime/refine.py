@@ -187,6 +187,14 @@ class RefineConfig:
             value = getattr(self, name)
             if value is not None and not (value > 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.budget_seconds is not None and not math.isfinite(self.budget_seconds):
+            raise ConfigError(f"budget-seconds must be a finite number of seconds, got {self.budget_seconds} (omit it for no limit)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if isinstance(self.keywords, str):
+            raise ConfigError(f"keywords must be a sequence of words, not one string ({self.keywords!r}); split it first")
+        if any(not isinstance(k, str) for k in self.keywords):
+            raise ConfigError("keywords must be strings")
         if self.initial is not None and not self.initial.strip():
             raise ConfigError("--initial text is empty; give the output to refine, or drop --initial")
 
@@ -471,7 +479,7 @@ class _Refiner:
         if not window:
             return True
         tok = self.lm.tokenizer
-        return tok.encode_plain(tok.decode(window, skip_special_tokens=False)) == window
+        return _encode_roundtrip(tok, tok.decode(window, skip_special_tokens=False)) == window
 
     # -- scoring a group of candidates --------------------------------------------------------
     def score_group(self, state: _State, cands: list[_Candidate]) -> tuple[float, list[int] | None, _Candidate | None, np.ndarray | None, dict]:
@@ -503,7 +511,16 @@ class _Refiner:
         finished: list[int] = []
         can_prune = cfg.prune and self.objective.can_prune()
         screening = cfg.screen > 0 and R > cfg.screen_keep
+        context = lm.bundle.context_length
         while len(alive):
+            # 0. the batch must fit the model's context. Each row's real tokens do (prompt + output
+            # <= context), but the batch is wider: the masked gap after shorter prefixes and the
+            # masked rejected drafts. Near the context, drop the masked positions and feed fewer
+            # tokens per pass; elsewhere nothing changes.
+            want = (1 + cfg.draft) if regen else max(cfg.chunk, cfg.screen + 1 if screening else 1)
+            if mask.shape[1] + want > context:
+                kv, kv_rows, mask = self._compact(kv, kv_rows, mask)
+            width_room = context - mask.shape[1]  # >= 1: an alive row has fed at most P + max_new - 1 tokens
             # 1. each alive row's next tokens: given ones first (a chunk in keep mode), then greedy
             step_tokens = []
             cands_pending_given = {}
@@ -511,12 +528,13 @@ class _Refiner:
                 cands_pending_given[r] = bool(pending[r])
                 if pending[r]:
                     n = 1 if regen else (max(1, cfg.screen + 1 - len(tails[r])) if screening else cfg.chunk)
+                    n = max(1, min(n, width_room))
                     step_tokens.append(pending[r][:n])
                     del pending[r][:n]
                 else:  # greedy token, plus tokens drafted from the incumbent to verify in the same pass
                     g = int(np.argmax(next_dist[j]))
                     room = cfg.max_new_tokens - cands[r].start - len(tails[r]) - 1
-                    step_tokens.append([g] + self._draft(state.ids, cands[r].start, tails[r] + [g], min(room, cfg.draft)))
+                    step_tokens.append([g] + self._draft(state.ids, cands[r].start, tails[r] + [g], min(room, cfg.draft, width_room - 1)))
             # 2. the first token of each row is scored by the logits we already have
             first = np.array([t[0] for t in step_tokens])
             first_lp = gather_logprobs(next_dist, first).astype(np.float64)
@@ -596,7 +614,8 @@ class _Refiner:
             # 5. exact pruning: drop rows whose best possible J cannot beat the incumbent
             if can_prune and len(alive):
                 lp_sum = np.array([prefix_lp[cands[r].start] + sum(tail_lp[r]) for r in alive])
-                ref_sum = np.array([(prefix_ref[cands[r].start] if prefix_ref is not None else 0.0) + sum(tail_ref[r]) for r in alive])
+                ref_sum = np.array([(prefix_ref[min(cands[r].start, len(prefix_ref) - 1)] if prefix_ref is not None else 0.0)
+                                    + sum(tail_ref[r]) for r in alive])
                 length = np.array([cands[r].start + len(tails[r]) for r in alive], dtype=np.float64)
                 ok = self.objective.upper_bound(lp_sum, ref_sum, length) > incumbent + cfg.tol
                 if not ok.all():
@@ -637,7 +656,7 @@ class _Refiner:
             ref = 0.0
             if prefix_ref is not None:
                 m = len(prefix_ref) - 1
-                ref = prefix_ref[cands[r].start] + sum(tail_ref[r]) + prefix_ref[m] - prefix_ref[min(rest_from, m)]
+                ref = prefix_ref[min(cands[r].start, m)] + sum(tail_ref[r]) + prefix_ref[m] - prefix_ref[min(rest_from, m)]
             ref_est.append(ref)
             length.append(n_len)
         return self.objective.upper_bound(np.array(lp_est), np.array(ref_est), np.array(length, dtype=np.float64), lm_only=True)
@@ -689,6 +708,26 @@ class _Refiner:
                 return draft[: k + 1]
         return draft
 
+    @staticmethod
+    def _compact(kv: KVCache, kv_rows: np.ndarray | None, mask: np.ndarray) -> tuple[KVCache, np.ndarray | None, np.ndarray]:
+        """The rows' caches with every masked position dropped: each row's real positions first, in
+        order, right-padded to the longest row. Attention and position ids (from the mask) are the
+        same; the batch is as narrow as it can be. kv_rows: which cache row each mask row uses (None:
+        the same index); the result's rows line up with the mask's."""
+        counts = mask.sum(axis=1)
+        width = int(counts.max()) if len(counts) else 0
+        if width == mask.shape[1]:
+            return kv, kv_rows, mask
+        rows = np.arange(len(mask)) if kv_rows is None else np.asarray(kv_rows)
+        arrays = [_host(a) for a in kv.arrays]
+        out = np.zeros((len(arrays), len(rows), arrays[0].shape[1], width, arrays[0].shape[3]), dtype=arrays[0].dtype)
+        for q, r in enumerate(rows):
+            cols = np.flatnonzero(mask[q])
+            for a, o in zip(arrays, out):
+                o[q, :, : len(cols)] = a[int(r)][:, cols]
+        new_mask = (np.arange(width)[None, :] < counts[:, None]).astype(mask.dtype)
+        return KVCache(list(out)), None, new_mask
+
     def _stack_prefix(self, kv: KVCache, lengths: np.ndarray) -> tuple[KVCache, np.ndarray]:
         """Per-row prefix caches of different lengths in one batch, right-padded and masked.
 
@@ -727,7 +766,7 @@ class _Refiner:
         best = state
         for ids in projections:
             self.cost.candidates += 1
-            if tok.encode_plain(tok.decode(ids, skip_special_tokens=False)) != ids:
+            if _encode_roundtrip(tok, tok.decode(ids, skip_special_tokens=False)) != ids:
                 self.cost.noncanonical += 1
                 continue
             cand = self.build_state(ids + tail)
@@ -805,6 +844,13 @@ class _Refiner:
         return first, state, edits, sweep, stop
 
 
+def _encode_roundtrip(tok: Any, text: str) -> list[int]:
+    """Ids of decoded output text, special-token strings read as the special tokens they were
+    (TextTokenizer.encode_with_specials; test doubles may only have encode_plain)."""
+    enc = getattr(tok, "encode_with_specials", None)
+    return enc(text) if enc is not None else tok.encode_plain(text)
+
+
 def _output(lm: "LM", state: _State) -> Output:
     return Output(lm.tokenizer.decode(state.ids), list(state.ids), [float(x) for x in state.lp])
 
@@ -866,6 +912,8 @@ def _retokenized(r: _Refiner, final: _State) -> dict[str, Any]:
         ids = ids + [final.ids[-1]]
     if not ids:
         return {"ids": [], "same_ids": False, "objective": None}
+    if r.prompt_len + len(ids) > r.lm.bundle.context_length:  # re-tokenized longer than the context allows
+        return {"ids": ids, "same_ids": False, "objective": None}
     state = r.build_state(ids)
     return {"ids": ids, "same_ids": ids == final.ids, "objective": {"total": state.J, **state.parts}}
 

@@ -461,6 +461,10 @@ class LM:
             ids = self.tokenizer.encode(prompt, chat=chat, system=system)
         else:
             ids = [int(i) for i in prompt]
+            vocab = self.vocab_size
+            bad = [i for i in ids if not 0 <= i < vocab]
+            if bad:
+                raise PromptError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1}); pass ids this model knows")
         if not ids:
             raise PromptError("the prompt is empty; give some text")
         ctx = self.bundle.context_length
