@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ortrefine.errors import UnknownNameError
+from ortrefine.errors import ConfigError, UnknownNameError
 
 _PACKAGED = Path(__file__).resolve().with_name("catalog.toml")
 
@@ -51,8 +51,21 @@ class CatalogEntry:
 
 
 def load_catalog(path: Path | None = None) -> dict[str, CatalogEntry]:
-    data = tomllib.loads((path or catalog_path()).read_text())
-    return {name: CatalogEntry(name=name, **fields) for name, fields in data.items()}
+    """The catalog's entries; a missing or malformed file (ORTREFINE_CATALOG can point anywhere) is one line."""
+    path = path or catalog_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read the model catalog {path} ({e}); fix it or unset ORTREFINE_CATALOG") from None
+    entries = {}
+    for name, fields in data.items():
+        try:
+            if not isinstance(fields, dict):
+                raise TypeError("not a table")
+            entries[name] = CatalogEntry(name=name, **fields)
+        except TypeError as e:
+            raise ConfigError(f"{path}: catalog entry [{name}] is malformed ({e}); fix it or unset ORTREFINE_CATALOG") from None
+    return entries
 
 
 def get_entry(name: str) -> CatalogEntry:

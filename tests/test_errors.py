@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -122,3 +123,18 @@ def test_bad_generation_options():
     for bad in [dict(max_new_tokens=0), dict(temperature=0), dict(top_p=0), dict(top_k=-1), dict(num_beams=0)]:
         with pytest.raises(ConfigError):
             GenerationConfig(**bad)
+
+
+@pytest.mark.parametrize("text,match", [("x = [", "cannot read the model catalog"), ("[a]\nfoo = 1\n", r"catalog entry \[a\] is malformed"),
+                                        ("a = 1\n", r"catalog entry \[a\] is malformed")])
+def test_malformed_catalog_is_one_line(tmp_path, monkeypatch, text, match):
+    from click.testing import CliRunner
+
+    from ortrefine.cli.main import cli
+
+    bad = tmp_path / "catalog.toml"
+    bad.write_text(text)
+    monkeypatch.setenv("ORTREFINE_CATALOG", str(bad))
+    r = CliRunner().invoke(cli, ["models"])
+    assert r.exit_code == 2 and r.exception is None or isinstance(r.exception, SystemExit)
+    assert re.search(match, r.output) and "Traceback" not in r.output

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ortrefine.cli.common import domain_errors
+from ortrefine.cli.quiet import verbose_option
 
 
 def parse_layers(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -47,6 +48,7 @@ def parse_layers(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing student bundle and discard an earlier run's checkpoint (only folders ortrefine wrote).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads (1 is often faster on a busy box).")
+@verbose_option
 @domain_errors
 def distill(bundle: str, layers: tuple[int, ...] | None, **kw) -> None:
     """Distil a student with fewer layers from BUNDLE's teacher checkpoint and export it."""

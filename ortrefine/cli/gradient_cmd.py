@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from ortrefine.cli.common import FiniteFloat, domain_errors
+from ortrefine.cli.quiet import verbose_option
 
 
 @click.command("export-gradient")
@@ -16,6 +17,7 @@ from ortrefine.cli.common import FiniteFloat, domain_errors
               help="Max relative error (max|Δ| / max|torch|) of each output vs torch autograd "
                    "[default: the source's tolerance, 1e-4 for tiny models, 1e-3 for real ones].")
 @click.option("--overwrite", is_flag=True, help="Replace the bundle's existing gradient graph.")
+@verbose_option
 @domain_errors
 def export_gradient(bundle: str, rtol: float | None, overwrite: bool) -> None:
     """Add gradient.onnx (log-probs and ∂log P/∂embeddings) to BUNDLE (folder or catalog name).

@@ -16,6 +16,7 @@ import click
 
 from ortrefine.cli.common import (DEFAULT_MODEL, FiniteFloat, LibraryChoice, ModelName, Text, domain_errors, load_lm,  # noqa: F401  (re-exported)
                                   model_options, only_with, providers, strategies)
+from ortrefine.cli.quiet import verbose_option
 
 # Options of one decoding strategy (refused with another: they would be silently ignored).
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
@@ -91,6 +92,7 @@ def cli() -> None:
               help="fused: ortrefine's graph of ONNX Runtime contrib ops (llama models; faster); optimum: Optimum's export; "
                    "auto: fused where supported.")
 @click.option("--slim", is_flag=True, help="Clean Optimum's graph up with onnxslim (validated against the unslimmed one).")
+@verbose_option
 @domain_errors
 def export(source: str, output: Path | None, revision: str | None, opset: int | None, atol: float | None, no_validate: bool,
            overwrite: bool, graph: str, slim: bool) -> None:

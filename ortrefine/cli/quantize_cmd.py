@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ortrefine.cli.common import FiniteFloat, LibraryChoice, domain_errors, providers
+from ortrefine.cli.quiet import verbose_option
 from ortrefine.export.quality import GateConfig  # numpy only: no torch, no onnx
 
 
@@ -48,6 +49,7 @@ def _quantize():
 @click.option("--force", is_flag=True, help="Keep the bundle even if the quality gate fails (recorded in the manifest).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@verbose_option
 @domain_errors
 def quantize(bundle: str, to: str, block_size: int, accuracy_level: int | None, algo: str, quantize_embeddings: bool,
              head_bits: str | None, symmetric: bool, out: Path | None, provider: str, max_kl: float, max_ppl_ratio: float, min_top1: float,
