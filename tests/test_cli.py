@@ -50,7 +50,7 @@ def test_generate_errors_are_one_line(tiny_bundles, tmp_path):
 def test_export_unknown_name(tmp_path):
     r = invoke("export", "gpt-17")
     assert r.exit_code == 1
-    assert r.output.startswith("Error: 'gpt-17' is not a catalog name (smollm2-135m, tiny-gpt2, tiny-llama)")
+    assert r.output.startswith("Error: 'gpt-17' is not a catalog name (gemma3-270m, smollm2-135m, tiny-gpt2, tiny-llama)")
 
 
 @pytest.mark.integration

@@ -77,7 +77,7 @@ def test_prompt_longer_than_context(tiny):
 def test_unknown_catalog_name_lists_known():
     from ortrefine.catalog import get_entry
 
-    with pytest.raises(UnknownNameError, match="known: smollm2-135m, tiny-gpt2, tiny-llama"):
+    with pytest.raises(UnknownNameError, match="known: gemma3-270m, smollm2-135m, tiny-gpt2, tiny-llama"):
         get_entry("gpt-17")
 
 

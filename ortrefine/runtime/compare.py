@@ -1,7 +1,8 @@
 """Compare bundles (fp32, int8, int4, distilled, ...) on the same prompts, judged by one bundle.
 
 For every bundle and prompt: decode Y⁰, refine it to Y* with one config, and judge both with
-the judge bundle (J under the judge, token agreement with the judge's own outputs); plus decode
+the judge bundle (J under the judge; the judge's log-prob per token of the text, through the
+same judging path as `ortrefine eval`; token agreement with the judge's own outputs); plus decode
 and refine latency, peak memory, size on disk, and how much a candidate's score moves when it
 is batched with others (dynamic int8 is batch-dependent). Writes report.json, report.md and
 report.png (matplotlib, optional).
@@ -71,6 +72,8 @@ class BundleRow:
     judge_j_before: float
     judge_j_after: float
     judge_gain: float
+    judge_lp_before: float | None
+    judge_lp_after: float | None
     own_gain: float
     agreement_initial: float
     agreement_final: float
@@ -137,6 +140,7 @@ def compare(
 ) -> list[BundleRow]:
     """Run every prompt through every bundle; judge with `judge`. One bundle loaded at a time."""
     import ortrefine
+    from ortrefine.evaluate.judge import judge_context, judge_texts
 
     judge_lm = ortrefine.load(judge, provider=provider, threads=threads)
     judge_ref = {}
@@ -162,10 +166,12 @@ def compare(
                 tok = judge_lm.tokenizer
                 ini, fin = tok.encode_plain(r.initial.text), tok.encode_plain(r.final.text)
             jb, ja = evaluate_objective(judge_lm, item.prompt, ini, c), evaluate_objective(judge_lm, item.prompt, fin, c)
+            lp0, lp1 = judge_texts(judge_lm, judge_context(item.prompt, item.chat), [r.initial.text, r.final.text])
             j0, j1 = judge_ref[item.id]
             per.append({
                 "id": item.id, "initial": r.initial.text, "final": r.final.text,
                 "judge_before": jb["total"], "judge_after": ja["total"], "own_gain": r.gain,
+                "judge_lp_before": lp0.mean, "judge_lp_after": lp1.mean,
                 "agreement_initial": _agreement(ini, j0), "agreement_final": _agreement(fin, j1),
                 "decode_s": dec_t[-1], "refine_s": ref_t[-1], "edits": len(r.edits),
             })
@@ -175,10 +181,13 @@ def compare(
         pid = lm.encode_prompt(first.prompt, chat=first.chat)
         dep = batch_dependence(lm, pid, lm.generate(pid, max_new_tokens=8).ids or [pid[-1]])
         mean = lambda k: statistics.mean(p[k] for p in per)  # noqa: E731
+        lps = [(p["judge_lp_before"], p["judge_lp_after"]) for p in per if None not in (p["judge_lp_before"], p["judge_lp_after"])]
         rows.append(BundleRow(
             bundle=str(path), precision=lm.bundle.precision, size_mb=lm.bundle.size_bytes() / 1e6,
             judge_j_before=mean("judge_before"), judge_j_after=mean("judge_after"),
-            judge_gain=mean("judge_after") - mean("judge_before"), own_gain=mean("own_gain"),
+            judge_gain=mean("judge_after") - mean("judge_before"),
+            judge_lp_before=statistics.mean(b for b, _ in lps) if lps else None,
+            judge_lp_after=statistics.mean(a for _, a in lps) if lps else None, own_gain=mean("own_gain"),
             agreement_initial=mean("agreement_initial"), agreement_final=mean("agreement_final"),
             decode_p50_s=_percentile(dec_t, 50), decode_p95_s=_percentile(dec_t, 95),
             refine_p50_s=_percentile(ref_t, 50), refine_p95_s=_percentile(ref_t, 95),
@@ -191,7 +200,7 @@ def compare(
 
 COLUMNS = [
     ("bundle", "{}"), ("precision", "{}"), ("size_mb", "{:.0f}"), ("judge_j_before", "{:.2f}"), ("judge_j_after", "{:.2f}"),
-    ("judge_gain", "{:+.2f}"), ("agreement_initial", "{:.2f}"), ("agreement_final", "{:.2f}"), ("decode_p50_s", "{:.2f}"),
+    ("judge_gain", "{:+.2f}"), ("judge_lp_before", "{:.3f}"), ("judge_lp_after", "{:.3f}"), ("agreement_initial", "{:.2f}"), ("agreement_final", "{:.2f}"), ("decode_p50_s", "{:.2f}"),
     ("decode_p95_s", "{:.2f}"), ("refine_p50_s", "{:.2f}"), ("refine_p95_s", "{:.2f}"), ("peak_rss_mb", "{:.0f}"),
     ("batch_dependence", "{:.2g}"),
 ]
@@ -214,7 +223,8 @@ def write_report(rows: Sequence[BundleRow], out: Path, meta: dict[str, Any]) -> 
     (out / "report.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     md = ["# ortrefine compare", "", f"judge: {meta.get('judge')}; prompts: {meta.get('prompts')}; "
           f"refine config: {json.dumps(meta.get('config_short', {}))}", "", markdown_table(rows), "",
-          "judge_j_*: J of Y⁰ / Y* under the judge bundle (mean over prompts); agreement_*: share of positions equal "
+          "judge_j_*: J of Y⁰ / Y* under the judge bundle (mean over prompts); judge_lp_*: the judge's mean log-prob per "
+          "token of the text of Y⁰ / Y* given the prompt text, in its own tokens (ortrefine.evaluate.judge, as `ortrefine eval`); agreement_*: share of positions equal "
           "to the judge's own Y⁰ / Y*; peak_rss_mb: the process's peak RSS while that bundle ran (the judge stays loaded "
           "too); batch_dependence: max |Δ log-prob| of one candidate scored alone vs in a batch of 8."]
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -1,0 +1,57 @@
+"""`ortrefine eval`: a prompt set through several systems, judged by other bundles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ortrefine.cli.common import DEFAULT_MODEL, MAX_THREADS, PROVIDER_CHOICES, ModelName, domain_errors
+
+KIND_CHOICES = ["continue", "chat", "keywords", "reference"]  # = ortrefine.evaluate.data.KINDS (no import at module level)
+
+
+@click.command("eval")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL: id, kind (continue|chat|keywords|reference), prompt, keywords, references.")
+@click.option("--systems", "systems_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON or TOML list of systems (name, strategy greedy|beam|sample|refine, options); "
+                   "default: greedy, beam-4, refine, refine+rep (repetition=1.0).")
+@click.option("--judge", "judges", multiple=True, required=True, type=ModelName(),
+              help="Bundle that scores every output under its own tokenizer (repeatable).")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, type=ModelName(), help="The bundle the systems decode with.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.json, report.md, report.png.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts (after --kind).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KIND_CHOICES), help="Only prompts of this kind (repeatable).")
+@click.option("--baseline", default=None, help="System the others are paired against (default: the first).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the bootstrap intervals.")
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on standard error.")
+@domain_errors
+def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[str, ...], model: str, out: Path, limit: int | None,
+                 kinds: tuple[str, ...], baseline: str | None, max_new_tokens: int, seed: int, provider: str, threads: int | None,
+                 quiet: bool) -> None:
+    """Decode PROMPTS with every system, judge the outputs, write a report to OUT."""
+    from ortrefine.evaluate.data import DEFAULT_SYSTEMS, read_items, read_systems
+    from ortrefine.evaluate.report import markdown, write_report
+    from ortrefine.evaluate.run import EvalConfig, run_eval
+
+    items = read_items(prompts_file)
+    if kinds:
+        items = [i for i in items if i.kind in kinds]
+        if not items:
+            raise click.UsageError(f"{prompts_file} has no prompts of kind {', '.join(kinds)}")
+    items = items[:limit]
+    systems, file_baseline = read_systems(systems_file) if systems_file else (list(DEFAULT_SYSTEMS), None)
+    cfg = EvalConfig(model=model, judges=list(judges), systems=systems, baseline=baseline or file_baseline,
+                     max_new_tokens=max_new_tokens, seed=seed, provider=provider, threads=threads)
+    report = run_eval(cfg, items, progress=None if quiet else (lambda msg: click.echo(msg, err=True)))
+    report["meta"]["prompts"] = str(prompts_file)
+    files = write_report(report, out)
+    click.echo(markdown(report).split("## Flags")[0].rstrip())
+    click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+commands = [eval_command]

@@ -1,0 +1,376 @@
+"""ortrefine.evaluate: every flag and metric on hand-made texts, the statistics, the judge path,
+report writing, and `ortrefine eval` end to end on the tiny bundles."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ortrefine.errors import ConfigError
+from ortrefine.evaluate import metrics as m
+from ortrefine.evaluate.data import DEFAULT_SYSTEMS, EvalItem, parse_system, read_items, read_systems
+from ortrefine.evaluate.stats import bootstrap_mean, paired
+
+KW = ["dog", "frisbee", "park"]
+
+
+# -- degeneration flags ---------------------------------------------------------------------------
+def test_repeated_ngram():
+    assert m.text_report("the cat sat. the cat sat. the cat sat.", "x").flags["repeated_ngram"]
+    assert not m.text_report("the cat sat. the cat sat. then it left.", "x").flags["repeated_ngram"]  # twice only
+    assert m.max_ngram_count("a b c a b c a b c", 3) == 3
+
+
+def test_low_distinct2():
+    r = m.text_report("I think I think I think so", "x")
+    assert m.distinct_n("I think I think I think so", 2) == pytest.approx(3 / 6)
+    assert r.flags["low_distinct2"]
+    assert not m.text_report("The sun rose over the quiet hills and the birds began to sing.", "x").flags["low_distinct2"]
+    assert not m.text_report("no no", "x").flags["low_distinct2"]  # one bigram says nothing
+    assert m.distinct_n("word", 2) is None
+
+
+def test_char_run():
+    r = m.text_report("Mmmmmmmmmmmmm happy birthday", "x")
+    assert r.flags["char_run"] and r.stats["longest_char_run"] == 13  # case-folded: M + 12 m
+    assert not m.text_report("Wow!!!!!!! great", "x").flags["char_run"]  # 7 is under the threshold
+    assert m.text_report("Wow!!!!!!!! great", "x").flags["char_run"]  # 8
+    assert not m.text_report("a        b", "x").flags["char_run"]  # spaces are not a run
+
+
+def test_prompt_echo():
+    prompt = "Once upon a time, in a small village"
+    assert m.text_report("and then once upon a time there was", prompt).flags["prompt_echo"]
+    assert not m.text_report("a girl lived upon a hill for a time", prompt).flags["prompt_echo"]
+    assert not m.text_report("Hi there you", "Hi there").flags["prompt_echo"]  # prompt shorter than 4 words
+
+
+def test_empty_and_cut_off():
+    assert m.text_report("", "x").flags["empty"] and m.text_report("  ...  ", "x").flags["empty"]
+    assert m.text_report("", "x").degenerate
+    assert m.text_report("The sky is blue because", "x", hit_cap=True).flags["cut_off"]
+    assert not m.text_report("The sky is blue.", "x", hit_cap=True).flags["cut_off"]
+    assert not m.text_report("The sky is blue because", "x", hit_cap=False).flags["cut_off"]  # ended by eos
+    assert not m.text_report("The sky is blue because", "x", hit_cap=True).degenerate  # counted, not degenerate
+
+
+@pytest.mark.parametrize("text", [
+    "dog, frisbee, park.", "A dog, a frisbee, and a park.", "Keywords: dog, frisbee, park.", "1. dog 2. frisbee 3. park",
+    "Dog frisbee park.", "Dog and frisbee and park", "Dog, frisbee, park, red ball, and stick, all at the park today",
+    "Here is a list: dog, frisbee, park.",  # 3 of 4 pieces bare, a verb cue elsewhere
+    "Dogs chase frisbees.",  # headline style: flagged (documented)
+])
+def test_keyword_list_flagged(text):
+    r = m.text_report(text, "Write one sentence that uses all of these words: dog, frisbee, park.", keywords=KW)
+    assert r.flags["keyword_list"] and r.degenerate and not r.real_sentence
+
+
+@pytest.mark.parametrize("text", [
+    "The dog caught the frisbee in the park.", "In the park, the dog, a happy puppy, caught the frisbee.",
+    "Dogs, frisbees and parks are fun.", "The dog catches the frisbee, the ball, and the stick in the park.",
+    "My dog loves the park, the frisbee, and the sun.", "Dog caught frisbee at park.",
+])
+def test_real_sentences_not_flagged(text):
+    r = m.text_report(text, "Write one sentence that uses all of these words: dog, frisbee, park.", keywords=KW)
+    assert not r.flags["keyword_list"] and r.all_covered and r.real_sentence
+
+
+def test_keyword_list_only_tested_with_keywords():
+    assert not m.text_report("dog, frisbee, park.", "x").flags["keyword_list"]
+
+
+def test_commongen_references_are_sentences():
+    """No human reference of the bundled CommonGen sample may be flagged, and all cover their concepts."""
+    from pathlib import Path
+
+    items = read_items(Path(__file__).parents[1] / "data" / "commongen-dev-120.jsonl")
+    assert len(items) == 120
+    for item in items:
+        for ref in item.references:
+            r = m.text_report(ref, item.prompt, keywords=item.keywords)
+            assert not r.degenerate and r.all_covered, (ref, item.keywords, r.flags)
+
+
+# -- keyword coverage -----------------------------------------------------------------------------
+def test_coverage_lemmatised():
+    text = "She sat down, held the mice and was cutting leaves while standing by the hands of children."
+    kws = ["sit", "hold", "mouse", "cut", "leaf", "stand", "hand", "child", "frisbee"]
+    r = m.text_report(text, "x", keywords=kws)
+    assert r.keywords_covered == kws[:-1] and r.coverage == pytest.approx(8 / 9) and r.all_covered is False
+
+
+def test_coverage_whole_words_only():
+    assert m.covered_keywords("The category of cats", ["cat", "dog"]) == ["cat"]
+    assert m.covered_keywords("A doghouse", ["dog"]) == []
+    assert m.covered_keywords("an ice cream cone", ["ice cream", "cone"]) == ["ice cream", "cone"]
+    assert m.covered_keywords("ice and cream", ["ice cream"]) == []
+
+
+# -- chrF -----------------------------------------------------------------------------------------
+def test_chrf_hand_computed():
+    # "abc" vs "abd": orders 1..3 effective (P = R = 2/3, 1/2, 0) → P = R = 7/18 → F2 = 7/18
+    assert m.chrf("abc", ["abd"]) == pytest.approx(100 * 7 / 18)
+    # "ab" vs "abab": P = (1, 1) / 2 = 1, R = (2/4 + 1/3) / 2 = 5/12 → F2 = 5·P·R / (4P + R) = 25/53
+    assert m.chrf("ab", ["abab"]) == pytest.approx(100 * 25 / 53)
+    assert m.chrf("a b", ["ab"]) == pytest.approx(100.0)  # whitespace is ignored
+    assert m.chrf("A", ["a"]) == 0.0  # case is kept
+    assert m.chrf("", ["abc"]) == 0.0
+    assert m.chrf("abc", ["xyz", "abc"]) == pytest.approx(100.0)  # best reference
+    with pytest.raises(ValueError):
+        m.chrf("abc", [])
+
+
+def test_chrf_recall_weighted():
+    # beta 2 weights recall: a hypothesis holding the whole reference plus extra scores higher
+    # than one holding half of it exactly
+    ref = "the cat sat on the mat"
+    assert m.chrf(ref + " today in the sun", [ref]) > m.chrf("the cat sat", [ref])
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def test_bootstrap():
+    iv = bootstrap_mean([0.0] * 50 + [1.0] * 50, seed=1)
+    assert iv.mean == 0.5 and iv.n == 100
+    se = math.sqrt(0.25 / 100)
+    assert iv.low == pytest.approx(0.5 - 1.96 * se, abs=0.03) and iv.high == pytest.approx(0.5 + 1.96 * se, abs=0.03)
+    assert bootstrap_mean([0.0] * 50 + [1.0] * 50, seed=1) == iv  # seeded
+    assert bootstrap_mean([2.0, 2.0, 2.0]).low == 2.0 == bootstrap_mean([2.0, 2.0, 2.0]).high
+    assert bootstrap_mean([]).mean is None and bootstrap_mean([None, 3.0]).n == 1
+
+
+def test_paired_win_rate():
+    p = paired([1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 5.0, 1.0])
+    assert (p.n, p.wins, p.ties, p.losses) == (4, 2, 1, 1)
+    assert p.win_rate == pytest.approx(2.5 / 4) and p.delta.mean == pytest.approx(0.5)
+    assert paired([], []).win_rate is None
+    with pytest.raises(ValueError):
+        paired([1.0], [])
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def test_read_items_schema(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"id": "a", "kind": "continue", "prompt": "Hi"}\n\n'
+                 '{"id": "b", "kind": "reference", "prompt": "Q", "reference": "R"}\n')
+    items = read_items(p)
+    assert items[1] == EvalItem("b", "reference", "Q", (), ("R",)) and items[1].chat and not items[0].chat
+    for line, msg in [('{"kind": "nope", "prompt": "x"}', "kind 'nope'"), ('{"kind": "keywords", "prompt": "x"}', "needs \"keywords\""),
+                      ('{"prompt": ""}', "non-empty"), ('not json', "not JSON"), ('{"prompt": "x", "colour": 1}', "unknown field"),
+                      ('{"prompt": "x", "keywords": "a,b"}', None)]:
+        p.write_text(line + "\n")
+        if msg is None:
+            assert read_items(p)[0].keywords == ("a,b",)
+            continue
+        with pytest.raises(ConfigError, match=msg):
+            read_items(p)
+    p.write_text('{"id": 1, "prompt": "x"}\n{"id": 1, "prompt": "y"}\n')
+    with pytest.raises(ConfigError, match="p.jsonl:2: id '1' is used twice"):
+        read_items(p)
+
+
+def test_systems_file(tmp_path):
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"baseline": "g", "systems": [
+        {"name": "g", "strategy": "greedy"}, {"name": "b2", "strategy": "beam", "num_beams": 2},
+        {"name": "s", "strategy": "sample", "temperature": 0.7, "seed": 3},
+        {"name": "r", "strategy": "refine", "objectives": ["logprob", "repetition=1.0"], "top_k": 2, "initial_strategy": "beam"}]}))
+    systems, baseline = read_systems(p)
+    assert baseline == "g" and [s.name for s in systems] == ["g", "b2", "s", "r"]
+    assert systems[3].refine_config(16).initial_strategy.strategy == "beam"
+    t = tmp_path / "s.toml"
+    t.write_text('[[systems]]\nname = "g"\nstrategy = "greedy"\n[[systems]]\nname = "r"\nstrategy = "refine"\nsweeps = 2\n')
+    assert [s.name for s in read_systems(t)[0]] == ["g", "r"]
+    for bad, msg in [({"name": "x", "strategy": "beam", "sweeps": 2}, "unknown option"), ({"name": "x", "strategy": "magic"}, "strategy 'magic'"),
+                     ({"name": "x", "strategy": "refine", "objectives": ["nope"]}, "system 'x'"),
+                     ({"name": "x", "strategy": "sample", "temperature": -1}, "temperature")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_system(bad, "here")
+    p.write_text(json.dumps([{"name": "g", "strategy": "greedy"}, {"name": "g", "strategy": "greedy"}]))
+    with pytest.raises(ConfigError, match="used twice: g"):
+        read_systems(p)
+    assert [s.name for s in DEFAULT_SYSTEMS] == ["greedy", "beam-4", "refine", "refine+rep"]
+
+
+# -- judging --------------------------------------------------------------------------------------
+def test_judge_texts_on_a_scripted_model():
+    from fakelm import CHARS, FakeLM
+
+    from ortrefine.evaluate.judge import judge_context, judge_texts
+
+    def next_lp(ctx):  # favours the letter after the last one
+        logits = np.zeros(len(CHARS))
+        logits[(ctx[-1] % (len(CHARS) - 1)) + 1] = 3.0
+        return logits - np.log(np.exp(logits).sum())
+
+    lm = FakeLM(next_lp)
+    scores = judge_texts(lm, "ab", ["cde", "", "hhh", "cde"])
+    want = sum(next_lp([1, 2, 3, 4][: k + 2])[t] for k, t in enumerate([3, 4, 5]))
+    assert scores[0].total == pytest.approx(want, abs=1e-5) and scores[0].tokens == 3 and scores[0].mean == pytest.approx(want / 3, abs=1e-5)
+    assert scores[1].mean is None and scores[1].tokens == 0
+    assert scores[2].mean < scores[0].mean and scores[3] == scores[0]
+    assert judge_context("Q?", chat=True) == "Q?\n" and judge_context("Once", chat=False) == "Once"
+
+
+def test_independence(tmp_path):
+    from ortrefine.evaluate.data import System
+    from ortrefine.evaluate.run import EvalConfig, independence
+
+    model, judge, other = (tmp_path / n for n in ("model", "judge", "other"))
+    for d in (model, judge, other):
+        d.mkdir()
+        (d / "ortrefine.json").write_text("{}")
+    plain = EvalConfig(model=str(model), judges=[str(judge)], systems=[System("g", "greedy"), System("r", "refine")])
+    assert independence(plain, str(judge)) == {"independent": True, "reasons": []}
+    assert independence(plain, str(model))["reasons"] == ["the judge is the model under test"]
+    inside = EvalConfig(model=str(model), judges=[str(judge)],
+                        systems=[System("r", "refine", {"objectives": ["logprob", f"reward:fn={judge},label=0"]})])
+    assert independence(inside, str(judge))["independent"] is False
+    assert "system 'r' has the judge inside J" in independence(inside, str(judge))["reasons"][0]
+    assert independence(inside, str(other))["independent"] is True
+
+
+# -- report ---------------------------------------------------------------------------------------
+def _fake_report():
+    from ortrefine.evaluate.run import EvalConfig, Output, summarize
+
+    items = [EvalItem("a", "continue", "Once upon a time"), EvalItem("k", "keywords", "Use: dog, park.", ("dog", "park"), ("A dog in a park.",))]
+    texts = {("greedy", "a"): "there was a cat.", ("greedy", "k"): "dog, park.", ("r", "a"): "there was a dog.",
+             ("r", "k"): "The dog ran in the park."}
+    judge = {("greedy", "a"): -2.0, ("greedy", "k"): -1.0, ("r", "a"): -1.5, ("r", "k"): -2.5}
+    outs = []
+    for (sysname, iid), text in texts.items():
+        item = next(i for i in items if i.id == iid)
+        rep = m.text_report(text, item.prompt, False, item.keywords, item.references)
+        outs.append(Output(iid, item.kind, sysname, text, 5, False, 0.1, -3.0, {
+            "flags": rep.flags, "degenerate": rep.degenerate, "stats": rep.stats, "keywords_covered": rep.keywords_covered,
+            "coverage": rep.coverage, "all_covered": rep.all_covered, "real_sentence": rep.real_sentence, "chrf": rep.chrf},
+            judges={"j": {"total": judge[(sysname, iid)] * 5, "mean": judge[(sysname, iid)], "tokens": 5, "joint": True}}))
+    from ortrefine.evaluate.data import System
+
+    cfg = EvalConfig(model="m", judges=["j"], systems=[System("greedy", "greedy"), System("r", "refine")])
+    summary = summarize(outs, items, cfg, ["j"])
+    meta = {"model": "m", "judges": [{"name": "j", "bundle": "j", "independent": False, "reasons": ["the judge is the model under test"]}],
+            "independent": False, "n_prompts": 2, "kinds": {"continue": 1, "keywords": 1}, "max_new_tokens": 5, "baseline": "greedy",
+            "degenerate_flags": list(m.DEGENERATE_FLAGS), "date_utc": "now", "machine": {"cpus": 2}}
+    return {"meta": meta, "systems": [s.to_dict() for s in cfg.systems], "summary": summary, "outputs": [o.to_dict() for o in outs]}
+
+
+def test_summary_figures():
+    s = _fake_report()["summary"]
+    assert s["greedy"]["degenerate"] == 1 and s["greedy"]["degenerate_ids"] == ["k"]  # the comma list
+    assert s["r"]["degenerate"] == 0 and s["r"]["degenerate_new_vs_baseline"] == 0
+    pv = s["r"]["judges"]["j"]["paired_vs_baseline"]
+    assert pv["n"] == 1 and pv["wins"] == 1 and pv["delta"]["mean"] == pytest.approx(0.5)  # only prompt a is a clean pair
+    assert s["r"]["keywords"]["real_sentence"]["mean"] == 1.0 and s["greedy"]["keywords"]["real_sentence"]["mean"] == 0.0
+    assert s["greedy"]["keywords"]["lists"] == 1 and s["r"]["chrf"]["n"] == 1
+    assert s["greedy"]["judges"]["j"]["mean_logprob"]["mean"] == pytest.approx(-1.5)
+
+
+def test_write_report(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNG needs the plot extra")
+    from ortrefine.evaluate.report import write_report
+
+    files = write_report(_fake_report(), tmp_path / "out")
+    assert [f.name for f in files] == ["report.json", "report.md", "report.png"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "judge `j` (j): **not independent**: the judge is the model under test" in md
+    assert "| r | 0/2 (0) | -2.00 [-2.50, -1.50] | +0.50 (n 1) | 100 % (1-0-0) | 100 % [100, 100] (lists 0/1) |" in md
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["summary"]["r"]["n"] == 2
+    assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_without_matplotlib(tmp_path, monkeypatch):
+    from ortrefine.evaluate.report import write_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    files = write_report(_fake_report(), tmp_path / "out")
+    assert [f.name for f in files] == ["report.json", "report.md"] and not (tmp_path / "out" / "report.png").exists()
+    assert "no report.png" in (tmp_path / "out" / "report.md").read_text()
+    assert "no report.png" in json.loads((tmp_path / "out" / "report.json").read_text())["meta"]["plot"]
+
+
+def test_module_level_is_torch_free():
+    import subprocess
+
+    code = ("import sys, ortrefine.cli.eval_cmd, ortrefine.evaluate.run, ortrefine.evaluate.report, ortrefine.evaluate.metrics; "
+            "bad = [m for m in ('torch', 'transformers', 'optimum', 'matplotlib') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- end to end -----------------------------------------------------------------------------------
+def _eval(*args):
+    from ortrefine.cli.main import cli
+
+    return CliRunner().invoke(cli, ["eval", *args])
+
+
+@pytest.fixture()
+def eval_inputs(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps(d) for d in [
+        {"id": "k1", "kind": "keywords", "prompt": "Write one sentence that uses all of these words: dog, park.",
+         "keywords": ["dog", "park"], "references": ["A dog runs in the park."]},
+        {"id": "c1", "kind": "continue", "prompt": "Once upon a time"},
+        {"id": "q1", "kind": "chat", "prompt": "Why is the sky blue?"},
+    ]) + "\n")
+    systems = tmp_path / "s.json"
+    systems.write_text(json.dumps([{"name": "greedy", "strategy": "greedy"}, {"name": "beam-2", "strategy": "beam", "num_beams": 2},
+                                   {"name": "sample", "strategy": "sample", "seed": 1, "top_k": 5},
+                                   {"name": "refine", "strategy": "refine", "top_k": 2, "positions_per_batch": 2}]))
+    return prompts, systems
+
+
+def test_eval_end_to_end(tiny_bundles, eval_inputs, tmp_path):
+    prompts, systems = eval_inputs
+    llama, gpt2 = str(tiny_bundles["llama"]), str(tiny_bundles["gpt2"])
+    out = tmp_path / "report"
+    r = _eval("--prompts", str(prompts), "--systems", str(systems), "--judge", llama, "--judge", gpt2, "--model", llama,
+              "--out", str(out), "--limit", "2", "--max-new-tokens", "6")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    judges = {j["bundle"]: j for j in rep["meta"]["judges"]}
+    assert judges[llama]["independent"] is False and judges[gpt2]["independent"] is True and rep["meta"]["independent"] is False
+    assert rep["meta"]["n_prompts"] == 2 and len(rep["outputs"]) == 2 * 4
+    names = [j["name"] for j in rep["meta"]["judges"]]
+    for o in rep["outputs"]:
+        assert set(o["judges"]) == set(names) and set(o["flags"]) == set(m.ALL_FLAGS)
+        for sc in o["judges"].values():
+            assert sc["mean"] is None or (sc["mean"] < 0 and sc["tokens"] > 0)
+    assert set(rep["summary"]) == {"greedy", "beam-2", "sample", "refine"} and "keywords" in rep["summary"]["refine"]
+    assert (out / "report.png").is_file() and "not independent" in (out / "report.md").read_text()
+    assert "| system | degenerate" in r.output
+
+
+def test_judge_score_is_the_models_own(tiny_bundles):
+    """Judging text with the model that wrote it gives that model's log P of its tokens (BOS and
+    all: the judge's context is encoded as a prompt)."""
+    import ortrefine
+    from ortrefine.evaluate.judge import judge_texts
+
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    prompt, text = "Once upon a time", " there was a cat."
+    ids = lm.tokenizer.encode_plain(text)
+    assert lm.tokenizer.encode(prompt + text) == lm.tokenizer.encode(prompt) + ids  # no merge across the boundary
+    want = lm.score(lm.encode_prompt(prompt), [ids]).totals[0]
+    (got,) = judge_texts(lm, prompt, [text])
+    assert got.joint and got.tokens == len(ids) and got.total == pytest.approx(want, abs=1e-4)
+
+
+def test_eval_bad_input(tiny_bundles, eval_inputs, tmp_path):
+    prompts, systems = eval_inputs
+    llama = str(tiny_bundles["llama"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "x", "strategy": "beam", "num_beams": 0}]')
+    r = _eval("--prompts", str(prompts), "--systems", str(bad), "--judge", llama, "--model", llama, "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2 and "num_beams" in r.output and "Traceback" not in r.output
+    r = _eval("--prompts", str(prompts), "--judge", str(tmp_path / "nope"), "--model", llama, "--out", str(tmp_path / "o"),
+              "--systems", str(systems), "--limit", "1", "--max-new-tokens", "2")
+    assert r.exit_code == 1 and r.output.startswith("Error:") and len(r.output.strip().splitlines()) == 1
+    r = _eval("--prompts", str(prompts), "--judge", llama, "--model", llama, "--out", str(tmp_path / "o"), "--baseline", "nope")
+    assert r.exit_code == 2 and "baseline 'nope'" in r.output
+    assert not (tmp_path / "o").exists()
