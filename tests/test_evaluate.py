@@ -193,7 +193,7 @@ def test_systems_file(tmp_path):
     p.write_text(json.dumps([{"name": "g", "strategy": "greedy"}, {"name": "g", "strategy": "greedy"}]))
     with pytest.raises(ConfigError, match="used twice: g"):
         read_systems(p)
-    assert [s.name for s in DEFAULT_SYSTEMS] == ["greedy", "beam-4", "refine", "refine+rep"]
+    assert [s.name for s in DEFAULT_SYSTEMS] == ["greedy", "beam-4", "refine", "refine-logprob"]
 
 
 # -- judging --------------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ def test_screen_estimate_is_exact_on_random_bigrams(seed):
         table = {a: {b: float(p) for b, p in zip(letters, rng.dirichlet(np.full(len(letters), 1.0)))} for a in letters}
         lm = table_lm(table)
         for ppb in (3, 8):
-            base = dict(mode="keep", top_k=6, max_new_tokens=7, positions_per_batch=ppb)
+            base = dict(mode="keep", top_k=6, max_new_tokens=7, positions_per_batch=ppb, objectives=["logprob"])
             exact = refine(lm, "a", RefineConfig(**base))
             screened = refine(lm, "a", RefineConfig(**base, screen=1, screen_keep=1))
             assert bool(screened.edits) == bool(exact.edits)
@@ -287,3 +287,49 @@ def test_keep_mode_never_feeds_a_candidates_final_token():
     assert one.cost.candidates == whole.cost.candidates > 0
     assert whole.final.ids == one.final.ids and whole.objective_after["total"] == pytest.approx(one.objective_after["total"])
     assert whole.cost.forward_tokens == one.cost.forward_tokens
+
+
+def test_default_objective_counts_repetition():
+    """The default J is log P plus the repetition term (log P alone rewards loops)."""
+    cfg = RefineConfig()
+    assert [str(o) for o in cfg.objectives] == ["logprob", "repetition=1.0"]
+
+
+@pytest.mark.parametrize("kw,term", [(dict(keywords=("dog", "park")), "coverage"), (dict(reference="a dog in a park"), "reference")])
+def test_task_inputs_switch_their_term_on(kw, term):
+    """--keywords / --reference alone: the user need not know the term names."""
+    from ortrefine.runtime.objectives import ObjectiveSpec
+
+    names = [ObjectiveSpec.parse(str(o)).name for o in RefineConfig(**kw).objectives]
+    assert names == ["logprob", "repetition", term]
+    explicit = RefineConfig(objectives=["logprob", f"{term}=3.0"], **kw).objectives
+    assert [str(o) for o in explicit] == ["logprob", f"{term}=3.0"]  # a term the user named is not added twice
+
+
+def test_coverage_counts_inflections_and_not_lists():
+    """A comma list of the concepts uses none of them; sat covers sit, hands covers hand."""
+    from ortrefine.runtime.objectives import Batch, Context, Coverage
+
+    lm = table_lm({})
+    ctx = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8, keywords=("sit", "hand", "pocket"))
+    term = Coverage(1.0, ctx)
+    texts = ["The girl sat with her hands in her pocket.", "sit, hand, pocket.", "A hand, a pocket, and a sit.", "She sits."]
+    assert term.evaluate(Batch("p", [[1]] * 4, [np.zeros(1)] * 4, texts)).tolist() == [3.0, 0.0, 0.0, 1.0]
+
+
+def test_inflections_of_a_missing_concept_are_proposed():
+    from ortrefine.runtime.keywords import inflections
+
+    assert {"sat", "sits", "sitting"} <= set(inflections("sit"))
+    assert {"stood", "stands", "standing"} <= set(inflections("stand")) and "standed" not in inflections("stand")
+    assert {"caught", "catches"} <= set(inflections("catch")) and "catched" not in inflections("catch")
+    assert inflections("frisbee")[0] == "frisbee" and "frisbees" in inflections("frisbee")
+
+
+def test_keywords_alone_turn_coverage_on_in_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from ortrefine.cli.refine_cmd import refine as refine_cmd
+
+    r = CliRunner().invoke(refine_cmd, ["x", "--keywords", "dog", "-m", str(tmp_path / "none")])
+    assert r.exit_code == 1 and "no bundle at" in r.output  # options accepted; only the missing bundle stops it

@@ -23,7 +23,7 @@ def _modes() -> tuple[str, ...]:
 @click.option("--judge", default=None, type=ModelName(), help="Bundle whose log-probs judge every output (default: the first bundle).")
 @click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True, type=Text())
+@click.option("--objective", "objectives", multiple=True, type=Text(), help="Terms of J (default: refine's).")
 @click.option("--mode", type=LibraryChoice(_modes), default="regenerate", show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--positions-per-batch", type=click.IntRange(min=1), default=8, show_default=True)
@@ -43,7 +43,7 @@ def compare(bundles: tuple[str, ...], prompts_file: Path, judge: str | None, out
     except UnicodeDecodeError as e:
         raise click.BadParameter(f"{prompts_file} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8",
                                  param_hint="'--prompts'") from None
-    cfg = RefineConfig(objectives=list(objectives), **kw)
+    cfg = RefineConfig(objectives=list(objectives), **kw) if objectives else RefineConfig(**kw)
     judge = judge or bundles[0]
     with click.progressbar(length=len(prompts) * len(bundles), label="compare", file=click.get_text_stream("stderr")) as bar:
         rows = run(bundles, prompts, judge, cfg, provider=provider, threads=threads, progress=bar.update)

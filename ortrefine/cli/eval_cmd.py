@@ -16,7 +16,7 @@ KIND_CHOICES = ["continue", "chat", "keywords", "reference"]  # = ortrefine.eval
               help="JSONL: id, kind (continue|chat|keywords|reference), prompt, keywords, references.")
 @click.option("--systems", "systems_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON or TOML list of systems (name, strategy greedy|beam|sample|refine, options); "
-                   "default: greedy, beam-4, refine, refine+rep (repetition=1.0).")
+                   "default: greedy, beam-4, refine (the library default J), refine-logprob (log P alone).")
 @click.option("--judge", "judges", multiple=True, required=True, type=ModelName(),
               help="Bundle that scores every output under its own tokenizer (repeatable).")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, type=ModelName(), help="The bundle the systems decode with.")

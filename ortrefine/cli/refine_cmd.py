@@ -100,16 +100,23 @@ def render(result: Any, tokenizer: Any) -> str:
     return "\n".join(lines)
 
 
+def _default_objectives() -> tuple[str, ...]:
+    from ortrefine.runtime.refine import DEFAULT_OBJECTIVES
+
+    return DEFAULT_OBJECTIVES
+
+
 @click.command()
 @click.argument("prompt", type=Text(stdin=True))
 @model_options
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--system", default=None, type=Text(), help="System message for --chat.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--objective", "objectives", multiple=True, default=("logprob",), show_default=True, type=Text(),
-              help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, coverage, reference, reward).")
-@click.option("--keywords", default=None, type=Text(), help="Comma-separated keywords for the coverage term.")
-@click.option("--reference", default=None, type=Text(), help="Reference text for the reference term.")
+@click.option("--objective", "objectives", multiple=True, type=Text(),
+              help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, coverage, reference, reward) "
+                   "[default: " + " ".join(_default_objectives()) + "].")
+@click.option("--keywords", default=None, type=Text(), help="Comma-separated words the output must use (adds the coverage term).")
+@click.option("--reference", default=None, type=Text(), help="Reference text (adds the reference term).")
 @click.option("--mode", type=LibraryChoice(_modes), default="regenerate", show_default=True)
 @click.option("--top-k", default="3", show_default=True, callback=lambda ctx, param, value: _top_k(value), help="Proposals per position, or 'all' for the whole vocabulary.")
 @click.option("--min-prob", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True)
@@ -150,8 +157,9 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
     from ortrefine.runtime.relax import RelaxConfig
 
     check_refine_options(ctx, kw, keywords, edits)
+    objectives = list(kw.pop("objectives")) or list(_default_objectives())
     cfg = RefineConfig(
-        objectives=list(kw.pop("objectives")), keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
+        objectives=objectives, keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
         prune=not no_prune, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
     )
@@ -171,9 +179,8 @@ def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str |
     """Refuse options that this combination would silently ignore (each message names the fix)."""
     from ortrefine.runtime.objectives import ObjectiveSpec
 
-    names = {ObjectiveSpec.parse(o).name for o in kw["objectives"]}
-    only_with(ctx, ("keywords",), "--objective coverage", "coverage" in names)
-    only_with(ctx, ("reference",), "--objective reference", "reference" in names)
+    for o in kw["objectives"]:
+        ObjectiveSpec.parse(o)
     only_with(ctx, ("system",), "--chat", kw["chat"])
     only_with(ctx, ("relax_steps", "relax_lr", "relax_method"), "--optimizer gradient", kw["optimizer"] == "gradient")
     only_with(ctx, ("screen_keep",), "--screen N (N > 0)", kw["screen"] > 0)

@@ -153,12 +153,15 @@ class System:
             opts["chat"] = item.chat
             if item.keywords:
                 opts["keywords"] = item.keywords
-            if item.references and "reference" not in opts:
+            # references are what chrF judges against: J sees one only where the task is to match it
+            if item.kind == "reference" and item.references and "reference" not in opts:
                 opts["reference"] = item.references[0]
         return RefineConfig(initial_strategy=init, **opts)
 
     def objectives(self) -> list[str]:
-        return [str(o) for o in self.options.get("objectives", ["logprob"])] if self.strategy == "refine" else []
+        from ortrefine.runtime.refine import DEFAULT_OBJECTIVES
+
+        return [str(o) for o in self.options.get("objectives", DEFAULT_OBJECTIVES)] if self.strategy == "refine" else []
 
     def check(self, max_new_tokens: int = 32) -> None:
         """Build the config once so that a bad option stops the run before any decoding."""
@@ -180,12 +183,12 @@ class System:
         return {"name": self.name, "strategy": self.strategy, **self.options}
 
 
-# The README's default refine, and the lever FACTS found against loops.
+# The baselines, the default refine, and log P alone (what refine did before repetition joined the default).
 DEFAULT_SYSTEMS = (
     System("greedy", "greedy"),
     System("beam-4", "beam", {"num_beams": 4}),
     System("refine", "refine"),
-    System("refine+rep", "refine", {"objectives": ["logprob", "repetition=1.0"]}),
+    System("refine-logprob", "refine", {"objectives": ["logprob"]}),
 )
 
 
