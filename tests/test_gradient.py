@@ -326,13 +326,14 @@ def test_failed_validation_leaves_bundle_untouched(tiny_bundles, tmp_path):
 
 def test_commit_replaces_a_graph_without_a_stale_manifest(grad_bundles, tmp_path):
     """--overwrite path: new files in, manifest rewritten; the bundle opens at the end."""
-    from ortrefine.export.gradient import _commit, _stage_dir
+    from ortrefine.export.gradient import _commit
     from ortrefine.runtime.bundle import open_bundle
 
     dst = tmp_path / "tiny-llama"
     shutil.copytree(grad_bundles["llama"], dst)
     old = open_bundle(dst).manifest
-    staged = _stage_dir(dst)
+    staged = tmp_path / ".stage"
+    staged.mkdir()
     new_files = ["gradient.onnx_data", "gradient.onnx", "embeddings.npy"]
     for name in new_files:
         (staged / name).write_bytes(b"x" * 7)

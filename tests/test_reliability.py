@@ -215,11 +215,90 @@ def test_kill_9_leftover_is_reported_then_removed_by_the_next_run(tmp_path, monk
 
 
 def test_a_swap_cut_short_is_finished_by_the_next_writer(tmp_path):
+    """killed between moving the old bundle aside and moving the new one in: the journal says where it went."""
     final = tmp_path / "b"
     write_fake_bundle(final, content="old")
-    os.rename(final, tmp_path / ".b.old-deadbeef")  # killed between the two renames
+    (tmp_path / ".b.swap").write_text(json.dumps({"target": "b", "old": ".b.old-deadbeef", "staging": ".b.tmp-gone"}))
+    os.rename(final, tmp_path / ".b.old-deadbeef")
+    assert [s.kind for s in find_stale(tmp_path)] == ["swap"]
+    with claim_output(final, overwrite=True):
+        assert (final / "model.onnx").read_text() == "old"  # put back before anything else happens
     write_fake_bundle(final, overwrite=True, content="new")
     assert (final / "model.onnx").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_a_users_hidden_old_folder_is_not_a_leftover(tmp_path):
+    """A folder is never taken for a leftover by its name: `.a.old-keep` is the user's backup."""
+    write_fake_bundle(tmp_path / ".a.old-keep", content="backup")
+    write_fake_bundle(tmp_path / "a", content="new")
+    write_fake_bundle(tmp_path / "a", overwrite=True, content="newer")
+    assert (tmp_path / ".a.old-keep" / "model.onnx").read_text() == "backup"
+    assert (tmp_path / "a" / "model.onnx").read_text() == "newer"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_swap_leaves_a_whole_bundle(tmp_path, monkeypatch, sig):
+    """The signal is taken after the swap, not in the middle of it (the old code left no bundle)."""
+    from ortrefine.bundle import write
+    from ortrefine.cli.entry import install_signal_handlers
+
+    final = tmp_path / "b"
+    write_fake_bundle(final, content="old")
+    real = write.rename_noreplace
+
+    def signalled(src, dst):
+        os.kill(os.getpid(), sig)
+        time.sleep(0.05)  # the handler would run here if it were not deferred
+        real(src, dst)
+
+    monkeypatch.setattr(write, "rename_noreplace", signalled)
+    old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    install_signal_handlers()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_fake_bundle(final, overwrite=True, content="new")
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    assert (final / "model.onnx").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_a_lock_name_that_is_a_symlink_is_never_written_through(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    os.symlink(precious, tmp_path / ".b.lock")
+    with pytest.raises(ExportError, match="symlink"):
+        write_fake_bundle(tmp_path / "b")
+    assert precious.read_text() == "mine" and (tmp_path / ".b.lock").is_symlink()
+
+
+def test_a_users_file_named_like_a_lock_is_left_alone(tmp_path):
+    (tmp_path / ".b.lock").write_text("my notes")
+    with pytest.raises(ExportError, match="not written by ortrefine"):
+        write_fake_bundle(tmp_path / "b")
+    assert (tmp_path / ".b.lock").read_text() == "my notes"
+
+
+def test_an_empty_folder_may_be_overwritten(tmp_path):
+    (tmp_path / "b").mkdir()
+    write_fake_bundle(tmp_path / "b", overwrite=True)
+    assert (tmp_path / "b" / "model.onnx").read_text() == "new"
+
+
+def test_the_current_folder_is_never_an_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "..", str(tmp_path)):
+        with pytest.raises(ExportError, match="current folder"):
+            write_fake_bundle(Path(out), overwrite=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_name_gets_hashed_helper_names(tmp_path):
+    final = tmp_path / ("x" * 240)
+    write_fake_bundle(final)
+    write_fake_bundle(final, overwrite=True, content="again")
+    assert (final / "model.onnx").read_text() == "again" and [p.name for p in tmp_path.iterdir()] == [final.name]
 
 
 def test_cleanup_never_touches_folders_without_the_marker(tmp_path):
@@ -351,3 +430,42 @@ def test_quantize_killed_mid_write(bundle, tmp_path, sig):
         r = CliRunner().invoke(cli, ["quantize", str(bundle), "--to", "int8", "--out", str(out), "--force"])
         assert r.exit_code == 0, r.output
         assert sorted(e.name for e in bundle.parent.iterdir()) == ["q", "tiny-llama"]
+
+
+def test_verify_refuses_a_file_the_manifest_does_not_list(bundle):
+    (bundle / "extra.bin").write_bytes(b"\0" * 64)  # a graph could point its external data here
+    r = CliRunner().invoke(cli, ["verify", str(bundle)])
+    assert r.exit_code == 1 and "extra.bin not in the manifest" in r.output
+
+
+def test_quantize_copies_only_listed_regular_files(bundle, tmp_path):
+    secret = tmp_path / "id_rsa"
+    secret.write_text("secret")
+    os.symlink(secret, bundle / "notes.txt")
+    (bundle / "mine.txt").write_text("mine")
+    r = CliRunner().invoke(cli, ["quantize", str(bundle), "--to", "int8", "--out", str(bundle.parent / "q"), "--force"])
+    assert r.exit_code == 0, r.output
+    assert not (bundle.parent / "q" / "notes.txt").exists() and not (bundle.parent / "q" / "mine.txt").exists()
+
+
+def test_export_gradient_does_not_adopt_the_users_files(bundle):
+    from ortrefine.export.gradient import _commit
+
+    (bundle / "NOTES.md").write_text("mine")
+    old = open_bundle(bundle).manifest
+    staged = bundle.parent / ".stage"
+    staged.mkdir()
+    (staged / "gradient.onnx").write_bytes(b"x")
+    manifest = _commit(bundle, staged, ["gradient.onnx"], dict(old, gradient={"files": ["gradient.onnx"]}), old)
+    assert "NOTES.md" not in manifest["files"]
+    r = CliRunner().invoke(cli, ["export", "tiny:llama", str(bundle), "--overwrite", "--no-validate"])
+    assert r.exit_code == 1 and (bundle / "NOTES.md").read_text() == "mine"
+
+
+def test_two_gradient_exports_to_one_bundle_one_waits(bundle):
+    from ortrefine.bundle.write import lock_target
+    from ortrefine.export.gradient import GradientExportConfig, export_gradient
+
+    with lock_target(bundle):
+        with pytest.raises(ExportError, match="another ortrefine run"):
+            export_gradient(GradientExportConfig(bundle=str(bundle)))

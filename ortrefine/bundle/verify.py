@@ -16,7 +16,7 @@ from ortrefine.errors import BundleError
 
 @dataclass
 class VerifyReport:
-    """What `verify` checked. `unlisted`: files in the folder the manifest does not know (not an error)."""
+    """What `verify` checked."""
 
     path: Path
     files: int = 0
@@ -46,4 +46,9 @@ def verify_bundle(path: str | Path) -> VerifyReport:
         report.files += 1
         report.bytes += st.st_size
     report.unlisted = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.name not in files)
+    if report.unlisted:
+        # a graph can read weights from any file beside it (external data): one the manifest
+        # does not vouch for makes the bundle unverifiable, not merely untidy
+        shown = ", ".join(report.unlisted[:3]) + (" …" if len(report.unlisted) > 3 else "")
+        raise BundleError(f"{path}: {shown} not in the manifest (a graph may read it unchecked); remove it or re-export the bundle")
     return report

@@ -3,31 +3,37 @@
 A bundle is built in a hidden staging folder beside its target and only renamed into place once
 complete. The rules, in the order they are applied:
 
-- One writer per target: a lock (`flock` on `.NAME.lock` beside it) is held from the first check
-  to the final rename; a second writer fails at once, naming the path. The kernel drops the lock
-  when its holder dies, so a killed run never blocks the next one.
+- One writer per target: a lock (`flock` on a hidden `.NAME.lock` beside it) is held from the
+  first check to the final rename; a second writer fails at once, naming the path. The kernel
+  drops the lock when its holder dies, so a killed run never blocks the next one. A lock file is
+  opened without following symlinks, and only one this run created (or an empty one a killed
+  run left) is ever written or removed.
 - Without `overwrite`, an existing target is never replaced, even one that appeared while the run
   was working (the final rename refuses to replace anything).
-- With `overwrite`, only a folder that is an ortrefine bundle (its manifest lists every entry in
+- With `overwrite`, only an empty folder or an ortrefine bundle (its manifest lists every entry in
   it) is replaced, never one of the protected paths (a command's own source), their ancestors or
   anything inside them.
-- Replacement is a swap: old → `.NAME.old-*`, staged → NAME, then the old one is deleted; signals
-  are held off during the swap, and a swap cut short by a hard kill is finished by the next writer.
-- Staging folders carry a marker naming their writer; the next writer into the same place
-  removes the ones whose writer is gone (kill -9), and `find_stale` reports them for `doctor`.
+- Replacement is a swap written down first: a journal `.NAME.swap` beside the target names the
+  folder the old bundle moves to; then old → that folder, staged → NAME, the old one deleted, the
+  journal removed. SIGINT/SIGTERM are deferred during the swap. A swap cut short by a hard kill is
+  finished by the next writer from the journal (the old bundle is put back if the new one never
+  went in); nothing is ever recognised by its name alone.
+- Staging folders carry a marker naming their writer and target; the next writer into the same
+  place removes the ones whose writer is gone (kill -9), and `find_stale` reports them for `doctor`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
-import tempfile
+import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +46,10 @@ from ortrefine.bundle.read import describe_files
 from ortrefine.errors import ExportError
 
 STAGING_MARK = ".ortrefine-staging"
+# staging, lock and journal names add a few characters to the target's: long names are hashed
+_LONG_NAME = 180
+# what a failed or interrupted run removed, for the one line the CLI prints
+REMOVED: list[Path] = []
 
 
 def library_versions() -> dict[str, str]:
@@ -68,7 +78,33 @@ def write_manifest(folder: Path, manifest: dict[str, Any], other_files: dict[str
 
 
 # ---------------------------------------------------------------------------------------------
-# what may be replaced
+# names and what may be replaced
+
+
+def _stem(final: Path) -> str:
+    """The part of the hidden helper names that stands for the target."""
+    name = final.name
+    return name if len(name.encode()) <= _LONG_NAME else "ortrefine-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def lock_path(final: Path) -> Path:
+    return final.parent / f".{_stem(final)}.lock"
+
+
+def journal_path(final: Path) -> Path:
+    return final.parent / f".{_stem(final)}.swap"
+
+
+def absolute(final: str | os.PathLike[str]) -> Path:
+    """The target as an absolute, normalised path (`.` and `a/..` have no name of their own)."""
+    text = os.fspath(final)
+    if not text:
+        raise ExportError("the output path is empty; give a folder name")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ExportError(f"the output path {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; choose a UTF-8 name") from None
+    return Path(os.path.abspath(text))
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -78,6 +114,8 @@ def _is_within(path: Path, root: Path) -> bool:
 def foreign_entries(folder: Path) -> list[str] | None:
     """Entries of `folder` its manifest does not account for; None if it is not a bundle at all."""
     try:
+        if regular_or_none(folder / MANIFEST) is None:
+            return None
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
@@ -91,10 +129,21 @@ def foreign_entries(folder: Path) -> list[str] | None:
     return sorted(out)
 
 
+def regular_or_none(path: Path) -> os.stat_result | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
 def check_target(final: Path, overwrite: bool, protect: Sequence[Path] = ()) -> None:
     """Refuse a target that must not be written (see the module docstring); ExportError names why."""
-    target = final.absolute()
-    resolved = final.resolve()
+    target = absolute(final)
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    if _is_within(cwd, resolved):
+        raise ExportError(f"{final} is the current folder or one of its parents; choose another output folder")
     for p in protect:
         p = Path(p).resolve()
         if _is_within(p, resolved) or _is_within(resolved, p):
@@ -105,6 +154,8 @@ def check_target(final: Path, overwrite: bool, protect: Sequence[Path] = ()) -> 
         raise ExportError(f"{final} already exists; pass --overwrite or choose another output folder")
     if target.is_symlink() or not target.is_dir():
         raise ExportError(f"{final} exists and is not a bundle folder; --overwrite replaces only bundles ortrefine wrote: move it or choose another output")
+    if not any(target.iterdir()):
+        return  # an empty folder: nothing to lose
     foreign = foreign_entries(target)
     if foreign is None:
         raise ExportError(f"{final} is not an ortrefine bundle (no valid {MANIFEST}); --overwrite replaces only bundles ortrefine wrote: choose another output folder")
@@ -114,21 +165,42 @@ def check_target(final: Path, overwrite: bool, protect: Sequence[Path] = ()) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# lock, stale staging, rename without replacing
+# lock
 
 
 class _Lock:
-    """flock on `.NAME.lock` beside the target; the file is removed on release."""
+    """flock on the target's lock file. Only a file this run created, or an empty one (a killed
+    run's), is written or removed: a file of that name the user keeps is left as it was."""
 
     def __init__(self, final: Path):
-        self.path = final.parent / f".{final.name}.lock"
+        self.path = lock_path(final)
         self.fd: int | None = None
+        self.ours = False
+
+    def _open(self) -> tuple[int, bool]:
+        flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            return self._open()
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ExportError(f"{self.path} is a symlink, not an ortrefine lock; remove it or choose another output folder") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ExportError(f"{self.path} is not an ortrefine lock file; remove it or choose another output folder")
+        return fd, False
 
     def acquire(self, final: Path) -> None:
         import fcntl
 
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd, created = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -136,20 +208,27 @@ class _Lock:
                 os.close(fd)
                 raise ExportError(f"another ortrefine run ({holder or 'unknown pid'}) is writing {final}; wait for it or choose another output folder") from None
             try:  # the previous holder may have unlinked the file between our open and flock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
             except FileNotFoundError:
                 same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-                self.fd = fd
-                return
-            os.close(fd)
+            if not same:
+                os.close(fd)
+                continue
+            size = os.fstat(fd).st_size
+            self.ours = created or size == 0 or os.pread(fd, 4, 0) == b"pid "
+            if not self.ours:
+                os.close(fd)
+                raise ExportError(f"{self.path} exists and was not written by ortrefine; move it away or choose another output folder")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            self.fd = fd
+            return
 
     def release(self) -> None:
         if self.fd is not None:
             try:
-                os.unlink(self.path)
+                if os.fstat(self.fd).st_ino == os.lstat(self.path).st_ino:
+                    os.unlink(self.path)
             except FileNotFoundError:
                 pass
             os.close(self.fd)
@@ -160,9 +239,11 @@ def _lock_free(lock_file: Path) -> bool:
     import fcntl
 
     try:
-        fd = os.open(lock_file, os.O_RDONLY)
+        fd = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return True
+    except OSError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return True
@@ -172,13 +253,41 @@ def _lock_free(lock_file: Path) -> bool:
         os.close(fd)
 
 
-def _is_staging(folder: Path) -> bool:
-    return folder.is_dir() and not folder.is_symlink() and (folder / STAGING_MARK).is_file()
+# ---------------------------------------------------------------------------------------------
+# leftovers of killed runs
+
+
+def _marker(folder: Path) -> dict[str, Any] | None:
+    """The staging marker of `folder` if it is a staging folder ortrefine made, else None."""
+    if folder.is_symlink() or not folder.is_dir() or regular_or_none(folder / STAGING_MARK) is None:
+        return None
+    try:
+        data = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("target"), str) and _plain(data["target"])
+    return data if ok else None
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
+
+
+def _journal(path: Path) -> dict[str, Any] | None:
+    if regular_or_none(path) is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(data, dict) and all(isinstance(data.get(k), str) and _plain(data[k]) for k in ("old", "staging", "target"))
+          and data["old"].startswith(".") and data["staging"].startswith("."))
+    return data if ok else None
 
 
 @dataclass
 class Stale:
-    """A leftover of a killed run: a staging folder (`kind` staging) or a bundle moved aside mid-swap (`old`)."""
+    """A leftover of a killed run: a staging folder (`staging`) or an unfinished swap (`swap`: its journal)."""
 
     path: Path
     kind: str
@@ -194,35 +303,48 @@ def find_stale(root: Path, name: str | None = None, lock_held: bool = False) -> 
     except OSError:
         return out
     for entry in entries:
-        n = entry.name
-        for kind, tag in (("staging", ".tmp-"), ("old", ".old-")):
-            if not n.startswith(".") or tag not in n:
-                continue
-            target_name = n[1:n.rindex(tag)]
-            if name is not None and target_name != name:
-                continue
-            if not lock_held and not _lock_free(entry.parent / f".{target_name}.lock"):
-                continue
-            if kind == "staging" and _is_staging(entry):
-                out.append(Stale(entry, kind, entry.parent / target_name))
-            elif kind == "old" and entry.is_dir() and not entry.is_symlink() and foreign_entries(entry) == []:
-                out.append(Stale(entry, kind, entry.parent / target_name))
+        if not entry.name.startswith("."):
+            continue
+        if ".tmp-" in entry.name and (m := _marker(entry)) is not None:
+            kind, target = "staging", entry.parent / m["target"]
+        elif entry.name.endswith(".swap") and (j := _journal(entry)) is not None:
+            kind, target = "swap", entry.parent / j["target"]
+        else:
+            continue
+        if name is not None and target.name != name:
+            continue
+        if not lock_held and not _lock_free(lock_path(target)):
+            continue
+        out.append(Stale(entry, kind, target))
     return out
 
 
 def clean_stale(final: Path) -> list[Stale]:
-    """Remove staging folders of dead writers into `final`; finish a swap a hard kill cut short."""
+    """Finish swaps a hard kill cut short (journal first), then remove dead writers' staging folders."""
     found = find_stale(final.parent, final.name, lock_held=True)
-    for s in found:
-        if s.kind == "old" and not os.path.lexists(final):
-            os.rename(s.path, final)  # the swap was cut before the new bundle went in: restore the old one
-        else:
+    for s in sorted(found, key=lambda s: s.kind != "swap"):
+        if s.kind == "swap":
+            j = _journal(s.path) or {}
+            old, staged = final.parent / j.get("old", "-"), final.parent / j.get("staging", "-")
+            if old.is_dir() and not old.is_symlink():
+                if not os.path.lexists(final):
+                    os.rename(old, final)  # the new bundle never went in: the old one is put back
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+            if staged.is_dir() and not staged.is_symlink() and staged != final:
+                shutil.rmtree(staged, ignore_errors=True)  # named by our own journal: ours, marker or not
+            os.unlink(s.path)
+        elif s.path.exists():
             shutil.rmtree(s.path, ignore_errors=True)
     return found
 
 
+# ---------------------------------------------------------------------------------------------
+# rename without replacing, interrupts deferred
+
+
 _RENAME_NOREPLACE = 1
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EIO)
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EIO, errno.ENAMETOOLONG)
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:
@@ -248,17 +370,34 @@ def rename_noreplace(src: Path, dst: Path) -> None:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
-    """No SIGINT/SIGTERM between the renames of a swap (they are delivered right after)."""
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM arriving inside the block take effect right after it.
+
+    Masking the signals would not do: a process-directed signal goes to any thread that does not
+    mask it (onnxruntime's and torch's), and Python then runs its handler in the main thread at
+    the next bytecode. So the handlers themselves are swapped for a recorder.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    pending: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pending:
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                if pending[0] == signal.SIGINT:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), pending[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,15 +413,20 @@ class OutputClaim:
     protect: tuple[Path, ...] = ()
     removed_stale: list[Stale] = field(default_factory=list)
 
+    def new_staging(self) -> Path:
+        """An empty, marked staging folder beside the target."""
+        try:
+            tmp = self.final.parent / f".{_stem(self.final)}.tmp-{secrets.token_hex(4)}"
+            os.mkdir(tmp, 0o755)
+            (tmp / STAGING_MARK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "target": self.final.name}))
+        except OSError as e:
+            raise ExportError(f"cannot write into {self.final.parent}: {e.strerror}; choose another output folder") from None
+        return tmp
+
     @contextmanager
     def staging(self) -> Iterator[Path]:
         """Yield an empty folder; on success it becomes the target, on any exception it is removed."""
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is an ordinary folder
-            (tmp / STAGING_MARK).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        except OSError as e:
-            raise ExportError(f"cannot write into {self.final.parent}: {e.strerror}; choose another output folder") from None
+        tmp = self.new_staging()
         try:
             try:
                 yield tmp
@@ -297,30 +441,46 @@ class OutputClaim:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+                REMOVED.append(tmp)
 
     def _swap_in(self, tmp: Path) -> None:
-        with _signals_held():
-            (tmp / STAGING_MARK).unlink()
+        with interrupts_deferred():
             if not os.path.lexists(self.final):
+                (tmp / STAGING_MARK).unlink()
                 try:
                     rename_noreplace(tmp, self.final)
                 except FileExistsError:
                     raise ExportError(f"{self.final} appeared while this run was working; it was left as it is and nothing was written") from None
                 return
-            old = self.final.parent / f".{self.final.name}.old-{secrets.token_hex(4)}"
+            old = self.final.parent / f".{_stem(self.final)}.old-{secrets.token_hex(4)}"
+            journal = journal_path(self.final)
+            _write_new(journal, json.dumps({"target": self.final.name, "old": old.name, "staging": tmp.name}))
             os.rename(self.final, old)
+            (tmp / STAGING_MARK).unlink()
             try:
                 rename_noreplace(tmp, self.final)
-            except OSError:
+            except BaseException:
                 os.rename(old, self.final)
+                os.unlink(journal)
                 raise
-        shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            os.unlink(journal)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create `path` (never through a symlink, never over an existing file) with `text`, synced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def claim_output(final: Path, overwrite: bool = False, protect: Sequence[Path] = ()) -> Iterator[OutputClaim]:
-    """Lock the target, refuse it if it must not be written, clear dead writers' leftovers."""
-    final = Path(final)
+    """Lock the target, refuse it if it must not be written, finish or clear dead writers' leftovers."""
+    final = absolute(final)
     check_target(final, overwrite, protect)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -329,12 +489,29 @@ def claim_output(final: Path, overwrite: bool = False, protect: Sequence[Path] =
     lock = _Lock(final)
     try:
         lock.acquire(final)
-    except PermissionError as e:
+    except OSError as e:
         raise ExportError(f"cannot write into {final.parent}: {e.strerror}; choose another output folder") from None
     try:
         claim = OutputClaim(final, overwrite, tuple(Path(p) for p in protect))
         claim.removed_stale = clean_stale(final)
         check_target(final, overwrite, protect)
+        yield claim
+    finally:
+        lock.release()
+
+
+@contextmanager
+def lock_target(bundle: Path) -> Iterator[OutputClaim]:
+    """The write lock of an existing bundle, for a command that adds files to it in place."""
+    bundle = absolute(bundle)
+    lock = _Lock(bundle)
+    try:
+        lock.acquire(bundle)
+    except OSError as e:
+        raise ExportError(f"cannot lock {bundle}: {e.strerror}; check the folder's permissions") from None
+    try:
+        claim = OutputClaim(bundle, True)
+        claim.removed_stale = clean_stale(bundle)
         yield claim
     finally:
         lock.release()

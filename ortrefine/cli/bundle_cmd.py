@@ -11,13 +11,12 @@ from ortrefine.cli.common import domain_errors
 @click.argument("bundle")
 @domain_errors
 def verify(bundle: str) -> None:
-    """Check size and sha256 of every file BUNDLE's manifest lists (folder or catalog name); exit 1 naming the first bad one."""
+    """Check size and sha256 of every file BUNDLE's manifest lists, and that it lists every file there; exit 1 naming the first bad one."""
     from ortrefine.bundle import verify_bundle
     from ortrefine.catalog import resolve_bundle_path
 
     r = verify_bundle(resolve_bundle_path(bundle))
-    extra = f"; not in the manifest: {', '.join(r.unlisted)}" if r.unlisted else ""
-    click.echo(f"ok: {r.path} ({r.files} files, {r.bytes / 1e6:.1f} MB, sha256 match{extra})")
+    click.echo(f"ok: {r.path} ({r.files} files, {r.bytes / 1e6:.1f} MB, sha256 match, nothing unlisted)")
 
 
 commands = [verify]

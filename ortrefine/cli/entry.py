@@ -35,9 +35,11 @@ def install_signal_handlers() -> None:
 def _interrupted(e: KeyboardInterrupt) -> int:
     signum = getattr(e, "signum", signal.SIGINT)
     name = signal.Signals(signum).name
-    hint = getattr(e, "hint", None) or "partial output was removed"
+    write = sys.modules.get("ortrefine.bundle.write")
+    removed = getattr(write, "REMOVED", None)
+    hint = getattr(e, "hint", None) or ("partial output was removed" if removed else None)
     try:
-        sys.stderr.write(f"Error: interrupted by {name}; {hint}\n")
+        sys.stderr.write(f"Error: interrupted by {name}" + (f"; {hint}" if hint else "") + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
@@ -70,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    rc = main()
+    # the work is done and its line printed: a signal during interpreter shutdown must not turn a
+    # success into a silent 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":  # pragma: no cover

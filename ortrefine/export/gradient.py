@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,12 +387,6 @@ class MainGraphLayout:
         return name, False
 
 
-def _stage_dir(bundle: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.gradient-tmp-", dir=bundle.parent))
-    os.chmod(tmp, 0o755)
-    return tmp
-
-
 def _commit(bundle: Path, staged: Path, new_files: list[str], manifest: dict[str, Any], old_manifest: dict[str, Any]) -> dict[str, Any]:
     """Move the staged files into the bundle, then replace ortrefine.json in one rename.
 
@@ -406,7 +399,9 @@ def _commit(bundle: Path, staged: Path, new_files: list[str], manifest: dict[str
     from ortrefine.bundle import describe_files, write_manifest
     from ortrefine.runtime.bundle import MANIFEST
 
-    others = {k: v for k, v in describe_files(bundle).items() if k not in new_files and not (staged / k).exists()}
+    # only what the old manifest listed: a file the user dropped into the folder is not adopted
+    listed = old_manifest.get("files", {})
+    others = {k: v for k, v in describe_files(bundle).items() if k in listed and k not in new_files and not (staged / k).exists()}
     written = write_manifest(staged, manifest, other_files=others)
     if any(name in old_manifest.get("files", {}) for name in new_files):
         interim = {k: v for k, v in old_manifest.items() if k != "gradient"}
@@ -420,15 +415,27 @@ def _commit(bundle: Path, staged: Path, new_files: list[str], manifest: dict[str
 
 
 def export_gradient(cfg: GradientExportConfig) -> GradientExportResult:
-    """Load the bundle's source checkpoint, export, validate, and add the graph to the bundle."""
+    """Load the bundle's source checkpoint, export, validate, and add the graph to the bundle.
+
+    The bundle's write lock is held throughout (export, quantize and another export-gradient
+    into the same folder wait their turn), the graph is staged in a marked folder a later run
+    can clear after a kill -9, and the commit's renames are not cut by SIGINT/SIGTERM."""
+    from ortrefine.bundle.write import lock_target
     from ortrefine.catalog import resolve_bundle_path
+
+    path = resolve_bundle_path(cfg.bundle)
+    with lock_target(path) as claim:
+        return _export_gradient(cfg, path, claim)
+
+
+def _export_gradient(cfg: GradientExportConfig, path: Path, claim: Any) -> GradientExportResult:
+    from ortrefine.bundle.write import interrupts_deferred
     from ortrefine.export.sources import load_source, require_export_extra
     from ortrefine.runtime.bundle import open_bundle
     from ortrefine.runtime.gradient import build_feed, make_gradient_session
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    path = resolve_bundle_path(cfg.bundle)
     bundle = open_bundle(path)
     if "gradient" in bundle.manifest and not cfg.overwrite:
         raise ExportError(f"{path} already has a gradient graph; pass --overwrite to replace it")
@@ -452,7 +459,7 @@ def export_gradient(cfg: GradientExportConfig) -> GradientExportResult:
     timings["load"] = time.perf_counter() - t
     steps.update()
 
-    staged = _stage_dir(path)
+    staged = claim.new_staging()
     try:
         t = time.perf_counter()
         gm, example = trace_gradient(model)
@@ -519,7 +526,8 @@ def export_gradient(cfg: GradientExportConfig) -> GradientExportResult:
                 "checks": checks,
             },
         }
-        manifest = _commit(path, staged, new_files, manifest, bundle.manifest)
+        with interrupts_deferred():
+            manifest = _commit(path, staged, new_files, manifest, bundle.manifest)
         steps.update()
     finally:
         steps.close()

@@ -443,12 +443,17 @@ _NOT_INHERITED = ("files", "created", "versions", "format", "validation", "gradi
 
 
 def _copy_side_files(src: Path, dst: Path, manifest: dict[str, Any]) -> None:
-    """Tokenizer, configs, chat template: every file but graphs, arrays of the fp32 weights
-    (a gradient export's embeddings.npy and the files it lists) and the manifest."""
+    """Tokenizer, configs, chat template: every file the parent's manifest lists but graphs,
+    arrays of the fp32 weights (a gradient export's embeddings.npy and the files it lists) and
+    the manifest. Only listed regular files: whatever else sits in the parent's folder (a
+    symlink to a secret, the user's notes) is not the bundle's and does not travel with it."""
+    from ortrefine.bundle.format import regular_file
+
     skip = set((manifest.get("gradient") or {}).get("files", []))
-    for p in sorted(src.iterdir()):
-        if p.is_file() and p.name != MANIFEST and ".onnx" not in p.name and p.suffix != ".npy" and p.name not in skip:
-            shutil.copy2(p, dst / p.name)
+    for name in sorted(manifest.get("files", {})):
+        if ".onnx" in name or name.endswith(".npy") or name in skip or regular_file(src, name) is None:
+            continue
+        shutil.copy2(src / name, dst / name, follow_symlinks=False)
 
 
 def _quantize_graph(cfg: QuantizeConfig, parent: "LM", folder: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:

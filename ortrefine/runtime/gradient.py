@@ -196,8 +196,12 @@ class GradientModel:
         info = b.manifest.get("gradient")
         if not isinstance(info, dict):
             raise BundleError(f"{b.path} has no gradient graph: run `ortrefine export-gradient {b.path}`")
+        from ortrefine.bundle.format import regular_file
+
+        listed = b.manifest.get("files", {})
         for name in (GRADIENT_FILE, EMBEDDINGS_FILE):
-            if not (b.path / name).is_file():
+            # regular_file refuses a symlink: the gradient files are read like the bundle's others
+            if name not in listed or regular_file(b.path, name) is None:
                 raise BundleError(f"{b.path}: missing {name}; run `ortrefine export-gradient {b.path} --overwrite`")
         session, got = make_gradient_session(b.path / GRADIENT_FILE, provider, threads, shared, prepack)
         try:
