@@ -161,7 +161,7 @@ def doctor(model: str | None, provider: str) -> None:
 # Commands that live in their own modules (each defines `commands: list[click.Command]`). Their
 # module level must stay torch-free: heavy imports go inside the command bodies.
 SUBCOMMAND_MODULES = ["ortrefine.cli.refine_cmd", "ortrefine.cli.compare_cmd", "ortrefine.cli.quantize_cmd", "ortrefine.cli.distill_cmd",
-                      "ortrefine.cli.gradient_cmd", "ortrefine.cli.bench_cmd", "ortrefine.cli.bundle_cmd", "ortrefine.cli.eval_cmd"]
+                      "ortrefine.cli.gradient_cmd", "ortrefine.cli.bench_cmd", "ortrefine.cli.bundle_cmd", "ortrefine.cli.eval_cmd", "ortrefine.cli.serve_cmd", "ortrefine.cli.batch_cmd"]
 
 
 def _register_subcommands() -> None:
