@@ -30,15 +30,15 @@ def cases(top_k: int, length: int, converge_sweeps: int, screens: dict[str, int]
     """name → (config, is a convergence run). screens: mode → screen depth of the approximate
     single-sweep cases (0: none)."""
     out = {
-        "1 sweep, keep": (RefineConfig(mode="keep", top_k=top_k, sweeps=1, max_new_tokens=length), False),
-        "1 sweep, regenerate": (RefineConfig(mode="regenerate", top_k=top_k, sweeps=1, max_new_tokens=length), False),
-        f"converge (≤{converge_sweeps}), keep": (RefineConfig(mode="keep", top_k=top_k, sweeps=converge_sweeps, max_new_tokens=length), True),
-        f"converge (≤{converge_sweeps}), regenerate": (RefineConfig(mode="regenerate", top_k=top_k, sweeps=converge_sweeps, max_new_tokens=length), True),
+        "1 sweep, keep": (RefineConfig(objectives=["logprob"], mode="keep", top_k=top_k, sweeps=1, max_new_tokens=length), False),
+        "1 sweep, regenerate": (RefineConfig(objectives=["logprob"], mode="regenerate", top_k=top_k, sweeps=1, max_new_tokens=length), False),
+        f"converge (≤{converge_sweeps}), keep": (RefineConfig(objectives=["logprob"], mode="keep", top_k=top_k, sweeps=converge_sweeps, max_new_tokens=length), True),
+        f"converge (≤{converge_sweeps}), regenerate": (RefineConfig(objectives=["logprob"], mode="regenerate", top_k=top_k, sweeps=converge_sweeps, max_new_tokens=length), True),
     }
     for mode, screen in screens.items():
         if screen:
             out[f"1 sweep, {mode}, screen {screen}/{screen_keep}"] = (
-                RefineConfig(mode=mode, top_k=top_k, sweeps=1, max_new_tokens=length, screen=screen, screen_keep=screen_keep), False)
+                RefineConfig(objectives=["logprob"], mode=mode, top_k=top_k, sweeps=1, max_new_tokens=length, screen=screen, screen_keep=screen_keep), False)
     return out
 
 
@@ -112,7 +112,7 @@ def main() -> None:
                               f"{median(sweep_s):.2f} s (worst prompt {max(sweep_s):.2f} s; with Y⁰ decode {median(total_s):.2f} s)",
                               verdict(median(sweep_s), 2.0, higher_is_better=False)])
     text = "\n".join([
-        f"Prompts {', '.join(args.prompts)} (`../shared/data/prompts-dev.jsonl`); |Y| ≤ {args.length}, top-k {args.top_k}, other "
+        f"Prompts {', '.join(args.prompts)} (`data/prompts-dev.jsonl`); |Y| ≤ {args.length}, top-k {args.top_k}, other "
         f"RefineConfig fields at their defaults (positions_per_batch 8, l2r, logprob). Single sweeps: {args.reps} rounds; "
         f"convergence runs: {args.converge_reps}; bundles and cases taking turns. Seconds: median over prompts (min–max) of each "
         "prompt's median; 'sweep s' excludes the Y⁰ decode, 'total s' includes it. Per-prompt columns are in prompt order.",

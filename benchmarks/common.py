@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 MODELS = ROOT / "models"
-DEV_PROMPTS = ROOT.parent / "shared" / "data" / "prompts-dev.jsonl"
+DEV_PROMPTS = ROOT / "data" / "prompts-dev.jsonl"  # the repository's copy (data/README.md)
 
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))

@@ -1,6 +1,6 @@
 """Refinement quality vs beam search on the dev prompts (issue 3's acceptance figures).
 
-For every prompt of ../shared/data/prompts-dev.jsonl (chat-kind prompts through the chat
+For every prompt of data/prompts-dev.jsonl (chat-kind prompts through the chat
 template), 32 new tokens: greedy, beam-4, beam-8 and refine (default config unless overridden);
 mean Δlog P over greedy, regressions, wall time per prompt and the ratio to beam-4's, and for
 the keyword prompts the share of outputs containing every keyword before/after a
@@ -58,7 +58,7 @@ def main() -> None:
             t = time.perf_counter()
             b = lm.generate(p["prompt"], strategy="beam", num_beams=nb, max_new_tokens=32, chat=chat)
             row[f"beam{nb}"] = {"logprob": b.logprob, "seconds": time.perf_counter() - t, "text": b.text, "rep3": repeated_trigrams(b.ids)}
-        cfg = RefineConfig(max_new_tokens=32, chat=chat, **overrides)
+        cfg = RefineConfig(max_new_tokens=32, chat=chat, **{"objectives": ["logprob"], **overrides})  # the logged figures are log P alone
         r = refine(lm, p["prompt"], cfg)
         row["refine"] = {"logprob": r.objective_after["logprob"], "before": r.objective_before["logprob"],
                          "seconds": r.cost.seconds, "forward_tokens": r.cost.forward_tokens + r.cost.initial_forward_tokens,

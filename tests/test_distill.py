@@ -305,3 +305,75 @@ def test_cli_distill(tiny_bundles, tmp_path):
     r = CliRunner().invoke(cli, ["distill", str(tiny_bundles["llama"]), "--layers", "0,a"])
     assert r.exit_code == 2 and "not a comma-separated list of layer indices" in r.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.ckpt").exists()
+
+
+def test_a_second_run_to_the_same_out_fails_at_once(tiny_bundles, tmp_path):
+    """Two runs to one --out used to train into the same <out>.ckpt, and --overwrite rmtree'd the live run's
+    checkpoint: the output is claimed (locked) for the whole run, so the second fails before touching anything."""
+    llama, work = tiny_bundles["llama"], tmp_path / "student.ckpt"
+    kw = dict(self_generated=4, seq_len=12, steps=3, checkpoint_every=1)
+    errors = []
+
+    def second_runs(step, losses):
+        if step != 1:
+            return
+        before = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
+        for extra in (dict(), dict(overwrite=True)):
+            errors.append(_error_of(small(llama, tmp_path, **kw, **extra)))
+            assert {p.name: p.stat().st_mtime_ns for p in work.iterdir()} == before, f"{extra}: the live run's checkpoint was touched"
+            assert not (tmp_path / "student").exists()
+
+    r = distill(small(llama, tmp_path, on_step=second_runs, **kw))
+    assert len(errors) == 2
+    for e in errors:
+        assert isinstance(e, ExportError) and "another ortrefine run" in str(e) and "\n" not in str(e), e
+    assert len(r.losses) == 3 and json.loads((tmp_path / "student" / "ortrefine.json").read_text())["distillation"]["steps"] == 3
+
+
+def test_the_target_is_checked_before_training(tiny_bundles, tmp_path):
+    """The output was checked only at export: an empty folder with --overwrite trained fully, then failed
+    "not an ortrefine bundle"; an output inside the teacher bundle was written into it."""
+    llama = tiny_bundles["llama"]
+    kw = dict(self_generated=4, seq_len=12, steps=2)
+    steps = []
+
+    def count(step, losses):
+        steps.append(step)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _error_of(small(llama, tmp_path, out=empty, overwrite=True, on_step=count, **kw))
+    if err is None:  # an empty folder is accepted: the student is in it
+        assert json.loads((empty / "ortrefine.json").read_text())["distillation"]["steps"] == 2
+    else:  # refused: at once, not after training
+        assert isinstance(err, ExportError) and steps == [], (err, steps)
+        assert list(empty.iterdir()) == []
+    # never into the teacher bundle itself (the source the student is distilled from)
+    teacher = tmp_path / "teacher"
+    shutil.copytree(llama, teacher)
+    before = _listing(teacher)
+    steps.clear()
+    err = _error_of(small(teacher, tmp_path, out=teacher / "student", on_step=count, **kw))
+    assert isinstance(err, ExportError) and "lies inside the source" in str(err), err
+    assert steps == [] and _listing(teacher) == before
+
+
+def test_out_dot_is_refused_with_one_line(tiny_bundles, tmp_path, monkeypatch):
+    """`cd e2; ortrefine distill ../t --out . --overwrite` raised ValueError: PosixPath('.') has an empty name."""
+    llama = tiny_bundles["llama"]
+    here = tmp_path / "e2"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "..", "sub/..", str(here)):
+        err = _error_of(small(llama, tmp_path, out=Path(out), overwrite=True, self_generated=4, steps=2))
+        assert isinstance(err, ConfigError) and "is the current folder or holds it" in str(err), (out, err)
+    r = CliRunner().invoke(cli, ["distill", str(llama), "--layers", "1", "--steps", "2", "--self-generated", "4",
+                                 "--out", ".", "--overwrite"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.strip().splitlines()[-1].startswith("Error: the student's output . is the current folder or holds it")
+    assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["e2"]
+    # a relative --out works and is named in full
+    r = CliRunner().invoke(cli, ["distill", str(llama), "--layers", "1", "--steps", "2", "--self-generated", "4",
+                                 "--seq-len", "12", "--out", "sub/student"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {here / 'sub' / 'student'} (" in r.output and (here / "sub" / "student.ckpt" / "settings.json").is_file()

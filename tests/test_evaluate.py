@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -294,6 +295,94 @@ def test_write_report_without_matplotlib(tmp_path, monkeypatch):
     assert "no report.png" in json.loads((tmp_path / "out" / "report.json").read_text())["meta"]["plot"]
 
 
+def _tree(folder):
+    """{name: bytes or '-> target'} of a folder, not following links."""
+    out = {}
+    for e in sorted(folder.iterdir()):
+        out[e.name] = f"-> {os.readlink(e)}" if e.is_symlink() else e.read_bytes()
+    return out
+
+
+def test_write_report_never_replaces_a_users_file(tmp_path):
+    """A folder holding the user's own report.md (ortrefine never wrote there) is refused, untouched."""
+    from ortrefine.errors import ExportError
+    from ortrefine.evaluate.report import write_report
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    with pytest.raises(ExportError, match=r"mine holds files ortrefine did not write \(report.md\).*move them or choose another --out"):
+        write_report(_fake_report(), out)
+    assert _tree(out) == {"report.md": b"my own notes"}
+
+
+@pytest.mark.parametrize("name", ["report.json", "report.md", "report.png"])
+def test_write_report_never_writes_through_a_symlink(tmp_path, name):
+    """Even in a folder ortrefine wrote, a target that became a symlink is refused, the file it points at kept."""
+    pytest.importorskip("matplotlib", reason="the PNG needs the plot extra")
+    from ortrefine.errors import ExportError
+    from ortrefine.evaluate.report import write_report
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("do not touch")
+    out = tmp_path / "out"
+    write_report(_fake_report(), out)
+    (out / name).unlink()
+    (out / name).symlink_to("../precious.txt")
+    before = _tree(out)
+    with pytest.raises(ExportError, match=f"{name} \\(a symbolic link\\) not written by ortrefine"):
+        write_report(_fake_report(), out)
+    assert precious.read_text() == "do not touch" and _tree(out) == before
+
+
+def test_write_report_ignores_a_planted_temp_symlink(tmp_path):
+    """The old writer opened `.report.json.tmp` by name and followed a symlink planted there."""
+    from ortrefine.evaluate.report import write_report
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("do not touch")
+    out = tmp_path / "out"
+    write_report(_fake_report(), out)
+    for name in ("report.json", "report.md", "report.png"):
+        (out / f".{name}.tmp").symlink_to("../precious.txt")
+    write_report(_fake_report(), out)
+    assert precious.read_text() == "do not touch"
+    assert json.loads((out / "report.json").read_text())["summary"]["r"]["n"] == 2
+    assert all((out / f".{n}.tmp").is_symlink() for n in ("report.json", "report.md", "report.png"))
+
+
+def test_write_report_rewrites_its_own_folder_only(tmp_path):
+    """A second run replaces the first run's files; a report.md the user edited since is not replaced."""
+    from ortrefine.errors import ExportError
+    from ortrefine.evaluate.report import write_report
+
+    out = tmp_path / "out"
+    write_report(_fake_report(), out)
+    (out / "notes.txt").write_text("mine")  # beside the report: left alone, not in the way
+    first = (out / "report.json").read_text()
+    write_report(_fake_report(), out)
+    assert (out / "report.json").read_text() == first and (out / "notes.txt").read_text() == "mine"
+    (out / "report.md").write_text("edited by hand")
+    with pytest.raises(ExportError, match="report.md not written by ortrefine \\(or changed since it wrote them\\)"):
+        write_report(_fake_report(), out)
+    assert (out / "report.md").read_text() == "edited by hand"
+
+
+def test_write_plot_does_not_follow_a_symlink(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNG needs the plot extra")
+    from ortrefine.errors import ExportError
+    from ortrefine.evaluate.report import write_plot
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("do not touch")
+    (tmp_path / "report.png").symlink_to("precious.txt")
+    with pytest.raises(ExportError, match="is a symbolic link"):
+        write_plot(_fake_report(), tmp_path / "report.png")
+    assert precious.read_text() == "do not touch" and (tmp_path / "report.png").is_symlink()
+    assert write_plot(_fake_report(), tmp_path / "plot.png") is None
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_module_level_is_torch_free():
     import subprocess
 
@@ -344,6 +433,19 @@ def test_eval_end_to_end(tiny_bundles, eval_inputs, tmp_path):
     assert set(rep["summary"]) == {"greedy", "beam-2", "sample", "refine"} and "keywords" in rep["summary"]["refine"]
     assert (out / "report.png").is_file() and "not independent" in (out / "report.md").read_text()
     assert "| system | degenerate" in r.output
+
+
+def test_eval_refuses_a_users_folder_before_running(eval_inputs, tmp_path):
+    """The folder check runs before any model is loaded (the judge here does not even exist)."""
+    prompts, systems = eval_inputs
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    r = _eval("--prompts", str(prompts), "--systems", str(systems), "--judge", str(tmp_path / "nope"), "--model",
+              str(tmp_path / "nope"), "--out", str(out))
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "holds files ortrefine did not write (report.md)" in r.output
+    assert (out / "report.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["report.md"]
 
 
 def test_judge_score_is_the_models_own(tiny_bundles):

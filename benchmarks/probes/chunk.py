@@ -6,7 +6,7 @@ import sys, json, time, numpy as np
 sys.path.insert(0, "benchmarks")
 import ortrefine
 from ortrefine.runtime.refine import RefineConfig, refine
-prompts = {json.loads(l)["id"]: json.loads(l) for l in open("../shared/data/prompts-dev.jsonl")}
+prompts = {json.loads(l)["id"]: json.loads(l) for l in open("data/prompts-dev.jsonl")}
 lm = ortrefine.load("models/smollm2-135m", provider="cpu")
 res = {}
 for rep in range(2):

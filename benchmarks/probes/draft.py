@@ -5,7 +5,7 @@
 import sys, json, numpy as np
 import ortrefine
 from ortrefine.runtime.refine import RefineConfig, refine
-prompts = {json.loads(l)["id"]: json.loads(l) for l in open("../shared/data/prompts-dev.jsonl")}
+prompts = {json.loads(l)["id"]: json.loads(l) for l in open("data/prompts-dev.jsonl")}
 lm = ortrefine.load(sys.argv[1], provider="cpu")
 res = {}
 for rep in range(2):

@@ -21,7 +21,9 @@ def _modes() -> tuple[str, ...]:
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSONL: prompt, optional kind/chat, keywords, reference.")
 @click.option("--judge", default=None, type=ModelName(), help="Bundle whose log-probs judge every output (default: the first bundle).")
-@click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for report.json, report.md, report.png: new, empty, or one ortrefine wrote a report into "
+                   "(nothing else in it is replaced).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--objective", "objectives", multiple=True, type=Text(), help="Terms of J (default: refine's).")
 @click.option("--mode", type=LibraryChoice(_modes), default="regenerate", show_default=True)
@@ -35,7 +37,8 @@ def _modes() -> tuple[str, ...]:
 def compare(bundles: tuple[str, ...], prompts_file: Path, judge: str | None, out: Path, limit: int | None,
             provider: str, threads: int | None, objectives: tuple[str, ...], **kw: Any) -> None:
     """Refine the same prompts with every bundle and judge the outputs with one bundle."""
-    from ortrefine.runtime.compare import compare as run, markdown_table, read_prompts, write_report
+    from ortrefine.reports import check_report_folder
+    from ortrefine.runtime.compare import REPORT_FILES, compare as run, markdown_table, read_prompts, write_report
     from ortrefine.runtime.refine import RefineConfig
 
     try:
@@ -45,6 +48,7 @@ def compare(bundles: tuple[str, ...], prompts_file: Path, judge: str | None, out
                                  param_hint="'--prompts'") from None
     cfg = RefineConfig(objectives=list(objectives), **kw) if objectives else RefineConfig(**kw)
     judge = judge or bundles[0]
+    check_report_folder(out, REPORT_FILES)  # before the long run: a folder with the user's files in the way is refused now
     with click.progressbar(length=len(prompts) * len(bundles), label="compare", file=click.get_text_stream("stderr")) as bar:
         rows = run(bundles, prompts, judge, cfg, provider=provider, threads=threads, progress=bar.update)
     meta = {"judge": judge, "prompts": str(prompts_file), "n_prompts": len(prompts),

@@ -20,7 +20,8 @@ KIND_CHOICES = ["continue", "chat", "keywords", "reference"]  # = ortrefine.eval
 @click.option("--judge", "judges", multiple=True, required=True, type=ModelName(),
               help="Bundle that scores every output under its own tokenizer (repeatable).")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, type=ModelName(), help="The bundle the systems decode with.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.json, report.md, report.png.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.json, report.md, report.png: new, empty, or one ortrefine wrote a report into "
+                   "(nothing else in it is replaced).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts (after --kind).")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KIND_CHOICES), help="Only prompts of this kind (repeatable).")
 @click.option("--baseline", default=None, help="System the others are paired against (default: the first).")
@@ -35,8 +36,9 @@ def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[st
                  quiet: bool) -> None:
     """Decode PROMPTS with every system, judge the outputs, write a report to OUT."""
     from ortrefine.evaluate.data import DEFAULT_SYSTEMS, read_items, read_systems
-    from ortrefine.evaluate.report import markdown, write_report
+    from ortrefine.evaluate.report import REPORT_FILES, markdown, write_report
     from ortrefine.evaluate.run import EvalConfig, run_eval
+    from ortrefine.reports import check_report_folder
 
     items = read_items(prompts_file)
     if kinds:
@@ -47,6 +49,7 @@ def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[st
     systems, file_baseline = read_systems(systems_file) if systems_file else (list(DEFAULT_SYSTEMS), None)
     cfg = EvalConfig(model=model, judges=list(judges), systems=systems, baseline=baseline or file_baseline,
                      max_new_tokens=max_new_tokens, seed=seed, provider=provider, threads=threads)
+    check_report_folder(out, REPORT_FILES)  # before the long run: a folder with the user's files in the way is refused now
     report = run_eval(cfg, items, progress=None if quiet else (lambda msg: click.echo(msg, err=True)))
     report["meta"]["prompts"] = str(prompts_file)
     files = write_report(report, out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,19 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_plot(report: dict[str, Any], path: Path) -> str | None:
-    """The PNG, or the reason there is none."""
+REPORT_FILES = ("report.json", "report.md", "report.png")
+NO_MATPLOTLIB = "matplotlib is not installed: no report.png (pip install 'ortrefine[plot]')"
+
+
+def _figure(report: dict[str, Any]) -> Any:
+    """The matplotlib figure of judge gain against time (None without matplotlib)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed: no report.png (pip install 'ortrefine[plot]')"
+        return None
     judges = [j["name"] for j in report["meta"]["judges"]]
     fig, axes = plt.subplots(1, len(judges), figsize=(5.5 * len(judges), 4), squeeze=False)
     for ax, name in zip(axes[0], judges):
@@ -102,22 +106,44 @@ def write_plot(report: dict[str, Any], path: Path) -> str | None:
         ax.set_title(f"judge {name}" + ("" if all(j["independent"] for j in report["meta"]["judges"] if j["name"] == name) else " (not independent)"),
                      fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def _save_png(report: dict[str, Any], write: Callable[[Callable[[IO[bytes]], object]], object]) -> str | None:
+    """Draw the figure and hand `write` the callback that saves it into a file object; the reason
+    there is no PNG, or None."""
+    fig = _figure(report)
+    if fig is None:
+        return NO_MATPLOTLIB
+    import matplotlib.pyplot as plt
+
+    try:
+        write(lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return None
 
 
+def write_plot(report: dict[str, Any], path: Path) -> str | None:
+    """The PNG at `path` (via a temp file; a symlink or non-file there is refused), or the reason there is none."""
+    from ortrefine.reports import write_file
+
+    return _save_png(report, lambda fill: write_file(path, fill))
+
+
 def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
-    """report.json, report.md and, with matplotlib, report.png into `out` (created)."""
+    """report.json, report.md and, with matplotlib, report.png into `out`: a new or empty folder,
+    or one ortrefine wrote a report into (ortrefine.reports); nothing else in it is replaced."""
+    from ortrefine.reports import claim_report_folder
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    note = write_plot(report, out / "report.png")
+    folder = claim_report_folder(out, REPORT_FILES)
+    note = _save_png(report, lambda fill: folder.write("report.png", fill))
     if note:
         log.warning(note)
+        folder.discard("report.png")  # an earlier run's plot would not match this report
         report = {**report, "meta": {**report["meta"], "plot": note}}
     md = markdown(report) + ("" if not note else f"\n{note}\n")
-    for name, text in (("report.json", json.dumps(report, indent=1, ensure_ascii=False)), ("report.md", md)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(out / name)
+    folder.write_text("report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    folder.write_text("report.md", md + "\n")
     return [out / "report.json", out / "report.md"] + ([] if note else [out / "report.png"])

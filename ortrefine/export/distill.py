@@ -752,8 +752,25 @@ class _Plan:
     eval_texts: list[str] | None
 
 
-def plan(cfg: DistillConfig) -> _Plan:
-    """Validate the teacher, layers, paths and text files; raise typed errors, write nothing."""
+def output_path(cfg: DistillConfig, bundle_path: Path) -> Path:
+    """The student's folder as an absolute, normalised path (`.` and `a/..` have no name of their
+    own, and `<out>.ckpt` is named after it); ConfigError for the current folder or one holding it
+    (a finished run replaces its output as a whole)."""
+    raw = cfg.out if cfg.out is not None else Path(bundle_path).parent / f"{Path(bundle_path).name}-student"
+    out = Path(os.path.abspath(os.fspath(raw)))
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the current folder was deleted: nothing to hold
+        return out
+    for target, here in ((str(out), cwd), (os.path.realpath(out), os.path.realpath(cwd))):
+        if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"the student's output {raw} is the current folder or holds it, and the finished bundle replaces "
+                              "its output folder as a whole; give a new folder, e.g. --out student, or run from elsewhere")
+    return out
+
+
+def _plan_inputs(cfg: DistillConfig) -> _Plan:
+    """The teacher, layers, output and text files, checked; writes nothing."""
     from ortrefine.catalog import resolve_bundle_path
     from ortrefine.runtime.bundle import open_bundle
 
@@ -764,11 +781,22 @@ def plan(cfg: DistillConfig) -> _Plan:
     bad = [i for i in layers if i >= n]
     if bad:
         raise ConfigError(f"layer {bad[0]} is out of range: the teacher has {n} layers (0..{n - 1})")
-    out = Path(cfg.out) if cfg.out is not None else bundle.path.parent / f"{bundle.path.name}-student"
+    out = output_path(cfg, bundle.path)
     if out.resolve() == bundle.path.resolve():
         raise ConfigError(f"the student's output {out} is the teacher bundle itself; choose another --out")
     _check_out(cfg, out)
     work = out.with_name(out.name + ".ckpt")
+    return _Plan(
+        bundle, source, layers, out, work,
+        read_texts(cfg.data) if cfg.data is not None else None,
+        read_texts(cfg.prompts, "prompts") if cfg.prompts is not None else None,
+        read_texts(cfg.eval_data, "eval_data") if cfg.eval_data is not None else None,
+    )
+
+
+def _check_work(cfg: DistillConfig, p: _Plan) -> None:
+    """The work folder `<out>.ckpt` fits this run (fresh, --resume or --overwrite); writes nothing."""
+    work = p.work
     _check_work_folder(work)
     legacy = [name for name in LEGACY_FILES if (work / name).exists()]
     if legacy and (cfg.resume or not cfg.overwrite):
@@ -779,13 +807,14 @@ def plan(cfg: DistillConfig) -> _Plan:
     if not cfg.resume and (work / STATE_FILE).exists() and not cfg.overwrite:
         raise ConfigError(f"an earlier run's checkpoint is at {work}; pass --resume to continue it or --overwrite to start over")
     if cfg.resume:
-        _check_stamp(work, fingerprint(cfg, bundle.path, layers))
-    return _Plan(
-        bundle, source, layers, out, work,
-        read_texts(cfg.data) if cfg.data is not None else None,
-        read_texts(cfg.prompts, "prompts") if cfg.prompts is not None else None,
-        read_texts(cfg.eval_data, "eval_data") if cfg.eval_data is not None else None,
-    )
+        _check_stamp(work, fingerprint(cfg, p.bundle.path, p.layers))
+
+
+def plan(cfg: DistillConfig) -> _Plan:
+    """Validate the teacher, layers, paths and text files; raise typed errors, write nothing."""
+    p = _plan_inputs(cfg)
+    _check_work(cfg, p)
+    return p
 
 
 def _corpus(cfg: DistillConfig, p: _Plan, tokenizer: Any) -> tuple[list[list[int]] | None, list[list[int]] | None]:
@@ -829,17 +858,19 @@ def _generated(cfg: DistillConfig, p: _Plan, teacher: Any, tokenizer: Any, heldo
     return train, heldout if heldout is not None else generated_eval
 
 
-def _export(cfg: DistillConfig, p: _Plan, student: Any, tokenizer: Any, distillation: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _export(cfg: DistillConfig, p: _Plan, student: Any, tokenizer: Any, distillation: dict[str, Any],
+            claim: Any) -> tuple[Path, dict[str, Any]]:
     """Save the student's HF checkpoint (its source) and write a validated bundle atomically.
 
-    write_bundle stages its own folder; it runs inside ours so that the manifest can gain the
-    `distillation` and `parent` keys before the bundle appears under its final name.
+    `claim`: the run's hold on `p.out` (an ortrefine.bundle.write.OutputClaim). write_bundle
+    stages its own folder; it runs inside ours so that the manifest can gain the `distillation`
+    and `parent` keys before the bundle appears under its final name.
     """
     from ortrefine.export.onnx_export import ExportConfig, write_bundle
     from ortrefine.export.sources import Source
-    from ortrefine.export.writer import staging_dir, write_manifest
+    from ortrefine.export.writer import write_manifest
 
-    _check_out(cfg, p.out)  # again: the folder may have changed during training, and staging_dir deletes it
+    _check_out(cfg, p.out)  # again: the folder may have changed during training, and the swap replaces it
     ckpt = p.work / STUDENT_DIR
     if ckpt.is_symlink() or (ckpt.exists() and not ckpt.is_dir()):
         raise ExportError(f"{ckpt} is not the student folder distill wrote, so it is not replaced; move it away and rerun with --resume")
@@ -848,7 +879,7 @@ def _export(cfg: DistillConfig, p: _Plan, student: Any, tokenizer: Any, distilla
     student.save_pretrained(ckpt)
     tokenizer.save_pretrained(ckpt)
     src = Source("local", str(ckpt.resolve()), validate_atol=p.source.validate_atol, chat=p.source.chat)
-    with staging_dir(p.out, cfg.overwrite) as stage:
+    with claim.staging() as stage:
         inner = stage / p.out.name
         r = write_bundle(student, tokenizer, src, inner, ExportConfig(str(ckpt), output=p.out, progress=cfg.progress))
         for f in inner.iterdir():
@@ -862,18 +893,29 @@ def _export(cfg: DistillConfig, p: _Plan, student: Any, tokenizer: Any, distilla
 
 
 def distill(cfg: DistillConfig) -> DistillResult:
-    """Distil, checkpoint, export. Bad input raises before anything is written."""
-    t0 = time.perf_counter()
-    p = plan(cfg)
-    import torch
+    """Distil, checkpoint, export. Bad input raises before anything is written.
 
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _run(cfg, p, t0)
-    finally:
-        torch.set_num_threads(threads)
+    The output is claimed (ortrefine.bundle.write.claim_output: a lock beside it, the target
+    checked) before the teacher is loaded and held until the bundle is in place, so a second run
+    to the same output, `--overwrite` or not, fails at once instead of training into (or
+    deleting) this run's `<out>.ckpt`, and a target that cannot be written fails before training.
+    """
+    from ortrefine.bundle.write import claim_output
+
+    t0 = time.perf_counter()
+    p = _plan_inputs(cfg)
+    with claim_output(p.out, cfg.overwrite, protect=[p.bundle.path]) as claim:
+        _check_out(cfg, p.out)  # again, under the lock: another run may have finished meanwhile
+        _check_work(cfg, p)  # under the lock: no other run is using the work folder now
+        import torch
+
+        threads = torch.get_num_threads()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        try:
+            return _run(cfg, p, t0, claim)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _check_stamp(work: Path, stamp: dict[str, Any]) -> None:
@@ -887,7 +929,7 @@ def _check_stamp(work: Path, stamp: dict[str, Any]) -> None:
                           "use the same settings to resume, or --overwrite to start over")
 
 
-def _run(cfg: DistillConfig, p: _Plan, t0: float) -> DistillResult:
+def _run(cfg: DistillConfig, p: _Plan, t0: float, claim: Any) -> DistillResult:
     import torch
     from tqdm import tqdm
 
@@ -986,7 +1028,7 @@ def _run(cfg: DistillConfig, p: _Plan, t0: float) -> DistillResult:
         "teacher_params": teacher_params,
         "student_params": student_params,
     }
-    path, manifest = _export(cfg, p, student, tokenizer, distillation)
+    path, manifest = _export(cfg, p, student, tokenizer, distillation, claim)
     (p.work / STATE_FILE).unlink(missing_ok=True)  # the optimizer state is large; the bundle is written
     # the stamp stays: the folder holds the bundle's source checkpoint, and --overwrite needs it to know the folder is ours
     return DistillResult(

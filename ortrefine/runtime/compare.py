@@ -216,19 +216,23 @@ def markdown_table(rows: Sequence[BundleRow]) -> str:
     return "\n".join([head, sep, *body])
 
 
+REPORT_FILES = ("report.json", "report.md", "report.png")
+
+
 def write_report(rows: Sequence[BundleRow], out: Path, meta: dict[str, Any]) -> list[Path]:
-    """report.json, report.md and (with matplotlib) report.png into `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    """report.json, report.md and (with matplotlib) report.png into `out`: a new or empty folder,
+    or one ortrefine wrote a report into (ortrefine.reports); nothing else in it is replaced."""
+    from ortrefine.reports import claim_report_folder
+
+    folder = claim_report_folder(out, REPORT_FILES)
+    written = [folder.write_text("report.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))]
     md = ["# ortrefine compare", "", f"judge: {meta.get('judge')}; prompts: {meta.get('prompts')}; "
           f"refine config: {json.dumps(meta.get('config_short', {}))}", "", markdown_table(rows), "",
           "judge_j_*: J of Y⁰ / Y* under the judge bundle (mean over prompts); judge_lp_*: the judge's mean log-prob per "
           "token of the text of Y⁰ / Y* given the prompt text, in its own tokens (ortrefine.evaluate.judge, as `ortrefine eval`); agreement_*: share of positions equal "
           "to the judge's own Y⁰ / Y*; peak_rss_mb: the process's peak RSS while that bundle ran (the judge stays loaded "
           "too); batch_dependence: max |Δ log-prob| of one candidate scored alone vs in a batch of 8."]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    written = [out / "report.json", out / "report.md"]
+    written.append(folder.write_text("report.md", "\n".join(md) + "\n"))
     try:
         import matplotlib
 
@@ -236,6 +240,7 @@ def write_report(rows: Sequence[BundleRow], out: Path, meta: dict[str, Any]) -> 
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed: no report.png (pip install 'ortrefine[plot]')")
+        folder.discard("report.png")  # an earlier run's plot would not match this report
         return written
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
@@ -245,7 +250,8 @@ def write_report(rows: Sequence[BundleRow], out: Path, meta: dict[str, Any]) -> 
     ax.set_ylabel("gain in J under the judge (mean)")
     ax.set_title("quality gain vs latency, one point per bundle")
     fig.tight_layout()
-    fig.savefig(out / "report.png", dpi=100)
-    plt.close(fig)
-    written.append(out / "report.png")
+    try:
+        written.append(folder.write("report.png", lambda f: fig.savefig(f, format="png", dpi=100)))
+    finally:
+        plt.close(fig)
     return written

@@ -301,6 +301,13 @@ def make_session(
     try:
         session = ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types; all mean a bad file
+        # onnxruntime takes the path as UTF-8 text: a name that is not (undecodable bytes) cannot be opened at
+        # all, and re-exporting to the same folder fails the same way; the fix is a new name
+        bad = [os.fsencode(part).decode("utf-8", "backslashreplace") for part in Path(model_file).parts
+               if os.fsencode(part).decode("utf-8", "replace") != part]
+        if bad:
+            raise BundleError(f"{os.fsencode(model_file).decode('utf-8', 'backslashreplace')}: the path is not valid UTF-8 "
+                              "and onnxruntime opens only UTF-8 paths; rename " + bad[0] + " to a UTF-8 name") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"{model_file}: onnxruntime cannot load it ({first}); {fix}") from None
     got = session.get_providers()[0]
