@@ -21,8 +21,17 @@ def catalog_path() -> Path:
 
 
 def models_dir() -> Path:
-    """Where bundles go by default: ORTREFINE_MODELS, else ./models."""
-    return Path(os.environ.get("ORTREFINE_MODELS", "models"))
+    """Where bundles go by default: ORTREFINE_MODELS, else a per-user data folder
+    ($XDG_DATA_HOME/ortrefine/models, ~/.local/share/ortrefine/models), so that a catalog name
+    means the same bundle from any directory and from a wheel install."""
+    env = os.environ.get("ORTREFINE_MODELS")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ortrefine" / "models"
+
+
+LEGACY_MODELS = Path("models")  # where bundles went before the per-user folder: still found by name
 
 
 @dataclass(frozen=True)
@@ -83,5 +92,9 @@ def resolve_bundle_path(model: str | os.PathLike[str]) -> Path:
         return path
     entries = load_catalog()
     if str(model) in entries:
-        return entries[str(model)].default_bundle()
+        default = entries[str(model)].default_bundle()
+        legacy = LEGACY_MODELS / str(model)
+        if not (default / "ortrefine.json").exists() and (legacy / "ortrefine.json").exists() and "ORTREFINE_MODELS" not in os.environ:
+            return legacy
+        return default
     return path

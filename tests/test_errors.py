@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,18 @@ def test_malformed_catalog_is_one_line(tmp_path, monkeypatch, text, match):
     r = CliRunner().invoke(cli, ["models"])
     assert r.exit_code == 2 and r.exception is None or isinstance(r.exception, SystemExit)
     assert re.search(match, r.output) and "Traceback" not in r.output
+
+
+def test_bundles_go_to_a_per_user_folder_by_default(tmp_path, monkeypatch):
+    """Installed from a wheel and run from anywhere, a catalog name means the same bundle."""
+    from ortrefine.catalog import models_dir, resolve_bundle_path
+
+    monkeypatch.delenv("ORTREFINE_MODELS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert models_dir() == tmp_path / "data" / "ortrefine" / "models"
+    assert resolve_bundle_path("smollm2-135m") == tmp_path / "data" / "ortrefine" / "models" / "smollm2-135m"
+    legacy = tmp_path / "models" / "smollm2-135m"  # exported by an older version into ./models
+    legacy.mkdir(parents=True)
+    (legacy / "ortrefine.json").write_text("{}")
+    assert resolve_bundle_path("smollm2-135m") == Path("models") / "smollm2-135m"
