@@ -123,3 +123,23 @@ def test_refine_errors(tiny_bundles):
         assert r.exit_code == code, (args, r.output)
         assert text in r.output, (args, r.output)
         assert "Traceback" not in r.output
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torch") is not None, reason="checks a runtime-only install")
+@pytest.mark.parametrize("args", [["export", "tiny:llama", "OUT"], ["quantize", "BUNDLE", "--to", "int8", "--out", "OUT", "--force"],
+                                  ["distill", "BUNDLE", "--steps", "1", "--out", "OUT"], ["export-gradient", "BUNDLE"]])
+def test_export_commands_without_the_extra_name_the_pip_command(tmp_path, args):
+    """A wheel install without [export]: one line naming the extra, not a ModuleNotFoundError."""
+    import subprocess
+    import sys
+
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "ortrefine.json").write_text('{"files": {}, "special_tokens": {"eos_ids": [0]}}')
+    (bundle / "model.onnx").write_bytes(b"")
+    (bundle / "tokenizer.json").write_text("{}")
+    (bundle / "config.json").write_text("{}")
+    argv = [a.replace("OUT", str(tmp_path / "out")).replace("BUNDLE", str(bundle)) for a in args]
+    r = subprocess.run([sys.executable, "-m", "ortrefine", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "export" in r.stderr.strip().splitlines()[-1] and r.stderr.strip().splitlines()[-1].startswith("Error: ")

@@ -24,6 +24,8 @@ REFINE_KEYS = {"objectives", "keywords", "reference", "mode", "sweeps", "positio
 ALIASES = {"objective": "objectives", "max_tokens": "max_new_tokens"}
 # fields a record may set for itself (the rest of the settings are the job's)
 RECORD_FIELDS = {"id", "prompt", "system", "initial", "keywords", "reference"}
+# fields of `ortrefine eval`'s prompt sets (data/*.jsonl), accepted so the same file feeds both; not used here
+EVAL_FIELDS = {"kind", "references"}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from ortrefine.batch.config import RECORD_FIELDS, BatchConfig
+from ortrefine.batch.config import EVAL_FIELDS, RECORD_FIELDS, BatchConfig
 from ortrefine.batch.records import InputRecord, OutputLog, check_paths, pending, read_input
 from ortrefine.errors import OrtRefineError
 
@@ -99,7 +99,7 @@ class Predictor:
         if r.problem is not None:
             raise RecordError(r.problem)
         rec = r.record or {}
-        extra = sorted(set(rec) - RECORD_FIELDS)
+        extra = sorted(set(rec) - RECORD_FIELDS - EVAL_FIELDS)
         if extra:
             raise RecordError(f"unknown field(s) {', '.join(extra)}; a record has {', '.join(sorted(RECORD_FIELDS))}")
         prompt = rec.get("prompt")

@@ -901,7 +901,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
     deleting) this run's `<out>.ckpt`, and a target that cannot be written fails before training.
     """
     from ortrefine.bundle.write import claim_output
+    from ortrefine.export.sources import require_export_extra
 
+    require_export_extra()  # a runtime-only install gets the pip command, not a traceback
     t0 = time.perf_counter()
     p = _plan_inputs(cfg)
     with claim_output(p.out, cfg.overwrite, protect=[p.bundle.path]) as claim:

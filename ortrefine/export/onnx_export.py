@@ -223,6 +223,9 @@ def validate_bundle_prepared(tmp: Path, model: Any, tokenizer: Any, src: Source,
 
 def export_bundle(cfg: ExportConfig) -> ExportResult:
     """Resolve the source, load it in torch, and write a validated bundle."""
+    from ortrefine.export.sources import require_export_extra
+
+    require_export_extra()  # before any torch import: a runtime-only install gets the pip command, not a traceback
     import torch
 
     src = resolve_source(cfg.source, cfg.revision)

@@ -512,6 +512,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     from ortrefine.catalog import resolve_bundle_path
     from ortrefine.runtime.session import LM
 
+    _require_onnx()
     t0 = time.perf_counter()
     parent_bundle = open_bundle(resolve_bundle_path(cfg.bundle))
     if parent_bundle.precision != "fp32":
@@ -560,6 +561,14 @@ def _write_quantized(cfg: QuantizeConfig, parent_bundle: Bundle, parent: Any, cl
         }
         manifest = write_manifest(tmp, manifest)
     return manifest, report, ops, untied
+
+
+def _require_onnx() -> None:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnx_ir") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(f"quantizing needs {', '.join(missing)}, which is not installed; install the export extra: pip install 'ortrefine[export]'")
 
 
 def _opset(model_file: Path) -> int | None:
