@@ -1,7 +1,9 @@
 """The bundle: the one thing export and runtime share. Torch-free.
 
 format: file names, manifest shape, which names a manifest may use. read: opening and checking.
-verify: every byte against the manifest. write: staging, locking and atomic replacement.
+verify: every byte against the manifest. write: claiming a target, staging and the atomic swap,
+built on names (helper names beside a target), lock (one writer per target), leftovers (what a
+killed run left) and fsops (a rename that never replaces, signals deferred).
 """
 
 from ortrefine.bundle.format import FORMAT_VERSION, MANIFEST, MODEL_FILE, TOKENIZER_FILE, validate_manifest

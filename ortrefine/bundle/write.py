@@ -24,17 +24,12 @@ complete. The rules, in the order they are applied:
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import hashlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
-import stat
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,12 +37,17 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ortrefine.bundle.format import FORMAT_VERSION, MANIFEST
+from ortrefine.bundle.fsops import _write_new, interrupts_deferred, rename_noreplace
+from ortrefine.bundle.leftovers import Stale, clean_stale, find_stale
+from ortrefine.bundle.lock import _Lock
+from ortrefine.bundle.names import STAGING_MARK, _stem, absolute, journal_path, lock_path, regular_or_none
 from ortrefine.bundle.read import describe_files
 from ortrefine.errors import ExportError
 
-STAGING_MARK = ".ortrefine-staging"
-# staging, lock and journal names add a few characters to the target's: long names are hashed
-_LONG_NAME = 180
+__all__ = ["STAGING_MARK", "REMOVED", "OutputClaim", "Stale", "absolute", "check_target", "claim_output", "clean_stale",
+           "find_stale", "interrupts_deferred", "library_versions", "lock_path", "lock_target", "rename_noreplace",
+           "staging_dir", "write_manifest"]
+
 # what a failed or interrupted run removed, for the one line the CLI prints
 REMOVED: list[Path] = []
 
@@ -77,36 +77,6 @@ def write_manifest(folder: Path, manifest: dict[str, Any], other_files: dict[str
     return manifest
 
 
-# ---------------------------------------------------------------------------------------------
-# names and what may be replaced
-
-
-def _stem(final: Path) -> str:
-    """The part of the hidden helper names that stands for the target."""
-    name = final.name
-    return name if len(name.encode()) <= _LONG_NAME else "ortrefine-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-
-
-def lock_path(final: Path) -> Path:
-    return final.parent / f".{_stem(final)}.lock"
-
-
-def journal_path(final: Path) -> Path:
-    return final.parent / f".{_stem(final)}.swap"
-
-
-def absolute(final: str | os.PathLike[str]) -> Path:
-    """The target as an absolute, normalised path (`.` and `a/..` have no name of their own)."""
-    text = os.fspath(final)
-    if not text:
-        raise ExportError("the output path is empty; give a folder name")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ExportError(f"the output path {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; choose a UTF-8 name") from None
-    return Path(os.path.abspath(text))
-
-
 def _is_within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -128,13 +98,6 @@ def foreign_entries(folder: Path) -> list[str] | None:
             out.append(entry.name)
     return sorted(out)
 
-
-def regular_or_none(path: Path) -> os.stat_result | None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def check_target(final: Path, overwrite: bool, protect: Sequence[Path] = ()) -> None:
@@ -164,240 +127,7 @@ def check_target(final: Path, overwrite: bool, protect: Sequence[Path] = ()) -> 
         raise ExportError(f"{final} holds files ortrefine did not write ({shown}); --overwrite will not delete them: move them or choose another output folder")
 
 
-# ---------------------------------------------------------------------------------------------
-# lock
-
-
-class _Lock:
-    """flock on the target's lock file. Only a file this run created, or an empty one (a killed
-    run's), is written or removed: a file of that name the user keeps is left as it was."""
-
-    def __init__(self, final: Path):
-        self.path = lock_path(final)
-        self.fd: int | None = None
-        self.ours = False
-
-    def _open(self) -> tuple[int, bool]:
-        flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        try:
-            return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:
-            pass
-        try:
-            fd = os.open(self.path, flags)
-        except FileNotFoundError:
-            return self._open()
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise ExportError(f"{self.path} is a symlink, not an ortrefine lock; remove it or choose another output folder") from None
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ExportError(f"{self.path} is not an ortrefine lock file; remove it or choose another output folder")
-        return fd, False
-
-    def acquire(self, final: Path) -> None:
-        import fcntl
-
-        while True:
-            fd, created = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-                os.close(fd)
-                raise ExportError(f"another ortrefine run ({holder or 'unknown pid'}) is writing {final}; wait for it or choose another output folder") from None
-            try:  # the previous holder may have unlinked the file between our open and flock
-                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            size = os.fstat(fd).st_size
-            self.ours = created or size == 0 or os.pread(fd, 4, 0) == b"pid "
-            if not self.ours:
-                os.close(fd)
-                raise ExportError(f"{self.path} exists and was not written by ortrefine; move it away or choose another output folder")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-            self.fd = fd
-            return
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                if os.fstat(self.fd).st_ino == os.lstat(self.path).st_ino:
-                    os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-
-
-def _lock_free(lock_file: Path) -> bool:
-    import fcntl
-
-    try:
-        fd = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# leftovers of killed runs
-
-
-def _marker(folder: Path) -> dict[str, Any] | None:
-    """The staging marker of `folder` if it is a staging folder ortrefine made, else None."""
-    if folder.is_symlink() or not folder.is_dir() or regular_or_none(folder / STAGING_MARK) is None:
-        return None
-    try:
-        data = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(data, dict) and isinstance(data.get("target"), str) and _plain(data["target"])
-    return data if ok else None
-
-
-def _plain(name: str) -> bool:
-    return bool(name) and "/" not in name and name not in (".", "..")
-
-
-def _journal(path: Path) -> dict[str, Any] | None:
-    if regular_or_none(path) is None:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = (isinstance(data, dict) and all(isinstance(data.get(k), str) and _plain(data[k]) for k in ("old", "staging", "target"))
-          and data["old"].startswith(".") and data["staging"].startswith("."))
-    return data if ok else None
-
-
-@dataclass
-class Stale:
-    """A leftover of a killed run: a staging folder (`staging`) or an unfinished swap (`swap`: its journal)."""
-
-    path: Path
-    kind: str
-    target: Path
-
-
-def find_stale(root: Path, name: str | None = None, lock_held: bool = False) -> list[Stale]:
-    """Leftovers in `root` (for one target `name`, or all) whose writer no longer runs.
-    `lock_held`: the caller holds the target's lock, so no live writer can own any of them."""
-    out: list[Stale] = []
-    try:
-        entries = sorted(Path(root).iterdir())
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.name.startswith("."):
-            continue
-        if ".tmp-" in entry.name and (m := _marker(entry)) is not None:
-            kind, target = "staging", entry.parent / m["target"]
-        elif entry.name.endswith(".swap") and (j := _journal(entry)) is not None:
-            kind, target = "swap", entry.parent / j["target"]
-        else:
-            continue
-        if name is not None and target.name != name:
-            continue
-        if not lock_held and not _lock_free(lock_path(target)):
-            continue
-        out.append(Stale(entry, kind, target))
-    return out
-
-
-def clean_stale(final: Path) -> list[Stale]:
-    """Finish swaps a hard kill cut short (journal first), then remove dead writers' staging folders."""
-    found = find_stale(final.parent, final.name, lock_held=True)
-    for s in sorted(found, key=lambda s: s.kind != "swap"):
-        if s.kind == "swap":
-            j = _journal(s.path) or {}
-            old, staged = final.parent / j.get("old", "-"), final.parent / j.get("staging", "-")
-            if old.is_dir() and not old.is_symlink():
-                if not os.path.lexists(final):
-                    os.rename(old, final)  # the new bundle never went in: the old one is put back
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
-            if staged.is_dir() and not staged.is_symlink() and staged != final:
-                shutil.rmtree(staged, ignore_errors=True)  # named by our own journal: ours, marker or not
-            os.unlink(s.path)
-        elif s.path.exists():
-            shutil.rmtree(s.path, ignore_errors=True)
-    return found
-
-
-# ---------------------------------------------------------------------------------------------
-# rename without replacing, interrupts deferred
-
-
-_RENAME_NOREPLACE = 1
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EIO, errno.ENAMETOOLONG)
-
-
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """rename(2) that fails with FileExistsError instead of replacing `dst` (renameat2 where the
-    kernel has it; elsewhere a check just before the rename, made safe among ortrefine writers by the lock)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        renameat2 = None
-    if renameat2 is not None:
-        AT_FDCWD = -100
-        if renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise FileExistsError(err, os.strerror(err), str(dst))
-        if err not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(err, os.strerror(err), str(dst))
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
-    os.rename(src, dst)
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """SIGINT/SIGTERM arriving inside the block take effect right after it.
-
-    Masking the signals would not do: a process-directed signal goes to any thread that does not
-    mask it (onnxruntime's and torch's), and Python then runs its handler in the main thread at
-    the next bytecode. So the handlers themselves are swapped for a recorder.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.getsignal(s) for s in sigs}
-    for s in sigs:
-        signal.signal(s, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if pending:
-            handler = old[pending[0]]
-            if callable(handler):
-                handler(pending[0], None)
-            elif handler == signal.SIG_DFL:
-                if pending[0] == signal.SIGINT:
-                    raise KeyboardInterrupt
-                os.kill(os.getpid(), pending[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,15 +196,6 @@ class OutputClaim:
             shutil.rmtree(old, ignore_errors=True)
             os.unlink(journal)
 
-
-def _write_new(path: Path, text: str) -> None:
-    """Create `path` (never through a symlink, never over an existing file) with `text`, synced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
