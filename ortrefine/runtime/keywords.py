@@ -1,7 +1,7 @@
 """The keyword task (write a sentence that uses these words) for the coverage term.
 
 Which concepts a text uses and whether it lists them instead of using them are decided by the
-same matcher `ortrefine eval` reports with (simplemma lemmas, `evaluate.metrics`), so J and the
+same matcher `ortrefine eval` reports with (simplemma lemmas, `ortrefine.lexicon`), so J and the
 evaluation cannot disagree about what "covered" means. What this module adds is the other
 direction: the inflections of a missing concept to propose (sit → sits, sat, sitting), since a
 sentence rarely wants the bare form the user typed.
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Sequence
+
+from ortrefine.lexicon import covered_keywords, is_keyword_list, keyword_forms, word_forms
 
 # Past forms English does not build with -ed (CommonGen's concepts are mostly everyday verbs and nouns).
 IRREGULAR = {
@@ -52,8 +54,6 @@ def _regular(w: str) -> set[str]:
 @lru_cache(maxsize=4096)
 def inflections(word: str) -> tuple[str, ...]:
     """The word and those of its inflections that the coverage matcher counts as the word."""
-    from ortrefine.evaluate.metrics import keyword_forms, word_forms
-
     w = word.lower().strip()
     if not w.isalpha():
         return (w,)
@@ -67,13 +67,9 @@ def inflections(word: str) -> tuple[str, ...]:
 
 
 def covered(text: str, keywords: Sequence[str]) -> list[bool]:
-    from ortrefine.evaluate.metrics import covered_keywords
-
     hits = set(covered_keywords(text, keywords))
     return [k in hits for k in keywords]
 
 
 def is_list(text: str, keywords: Sequence[str]) -> bool:
-    from ortrefine.evaluate.metrics import is_keyword_list
-
     return is_keyword_list(text, keywords)
