@@ -143,3 +143,46 @@ def test_export_commands_without_the_extra_name_the_pip_command(tmp_path, args):
     r = subprocess.run([sys.executable, "-m", "ortrefine", *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "export" in r.stderr.strip().splitlines()[-1] and r.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+# -- exact output: what a user sees and a script parses ---------------------------------------------
+
+
+def test_models_output_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORTREFINE_MODELS", str(tmp_path / "none"))
+    r = invoke("models")
+    assert r.exit_code == 0
+    assert r.output == (
+        "smollm2-135m                 catalog     not exported (ortrefine export smollm2-135m)\n"
+        "tiny-llama                   catalog     not exported (ortrefine export tiny-llama)\n"
+        "tiny-gpt2                    catalog     not exported (ortrefine export tiny-gpt2)\n"
+        "gemma3-270m                  catalog     not exported (ortrefine export gemma3-270m)\n"
+    )
+
+
+def test_generate_output_exactly(tiny_bundles):
+    import ortrefine
+
+    path = str(tiny_bundles["llama"])
+    r = CliRunner().invoke(cli, ["generate", "Hello", "-m", path, "--max-new-tokens", "6"])
+    assert r.exit_code == 0, r.output
+    out = ortrefine.load(path, provider="cpu").generate("Hello", max_new_tokens=6)
+    assert r.stdout == out.text + "\n"
+    assert re.fullmatch(r"\[greedy, 6 tokens, log P -\d+\.\d\d, (length|eos|stop), \d+\.\d\ds, cpu\]\n", r.stderr)
+    j = json.loads(CliRunner().invoke(cli, ["generate", "Hello", "-m", path, "--max-new-tokens", "6", "--json"]).stdout)
+    assert j["ids"] == list(out.ids) and j["text"] == out.text and j["provider"] == "cpu" and j["model"] == path
+
+
+def test_refine_output_exactly(tiny_bundles):
+    path = str(tiny_bundles["llama"])
+    r = CliRunner().invoke(cli, ["refine", "Hello", "-m", path, "--max-new-tokens", "6"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.rstrip("\n").split("\n")
+    assert lines[0].startswith("Y⁰: ") and lines[1].startswith("Y*: ") and lines[2] == ""
+    assert lines[3] == f"{'term':<14}{'before':>12}{'after':>12}{'gain':>10}"
+    assert [ln.split()[0] for ln in lines[4:7]] == ["total", "logprob", "repetition"] and lines[7] == ""
+    k = next(i for i, ln in enumerate(lines) if ln.startswith("sweeps "))
+    assert all(re.fullmatch(r"edit: sweep 1 pos \d+ substitute '.*' → '.*'  ΔJ \+\d+\.\d{3}", ln) for ln in lines[8:k]), lines
+    assert re.fullmatch(r"sweeps 1 \(\w+\), edits \d+, forward tokens \d+ \(\+\d+ initial\), candidates \d+ "
+                        r"\(pruned \d+, \d+ tokens skipped\), \d+\.\d\ds", lines[k]), lines
+    assert all(ln.startswith("note: ") for ln in lines[k + 1:]), lines
