@@ -313,7 +313,7 @@ def test_refine_at_the_edge_of_the_context(kw, seed, terms):
     also holds the refiner to choosing among equal-J candidates by proposal order, not by which
     finished first: a bigram's log P and the repetition count tie often (`aaab` vs `aaba`)."""
     prompt, n = "abcdefgh" * 3, 10
-    cfg = RefineConfig(top_k=4, max_new_tokens=n, sweeps=2, positions_per_batch=8, **terms, **kw)
+    cfg = RefineConfig(top_k=4, max_new_tokens=n, sweeps=2, positions_per_batch=8, **terms, **{"screen": 0, **kw})  # exact unless the case screens
     tight = ContextLM(_bigram(seed), context_length=len(prompt) + n)
     roomy = ContextLM(_bigram(seed), context_length=1000)
     a, b = refine(tight, prompt, cfg), refine(roomy, prompt, cfg)
@@ -429,7 +429,7 @@ def test_initial_and_reference_text_are_text(tiny_bundles):
     (["generate", "x", "--system", "be brief"], "--system only applies with --chat"),
     (["refine", "x", "--system", "be brief"], "--system only applies with --chat"),
     (["refine", "x", "--relax-steps", "3"], "--relax-steps only applies with --optimizer gradient"),
-    (["refine", "x", "--screen-keep", "2"], "--screen-keep only applies with --screen"),
+    (["refine", "x", "--screen", "0", "--screen-keep", "2"], "--screen-keep only applies with --screen"),
     (["refine", "x", "--mode", "keep", "--draft", "2"], "--draft only applies with --mode regenerate"),
     (["refine", "x", "--initial", "abc", "--initial-strategy", "beam"], "--initial-strategy only applies with no --initial"),
     (["refine", "x", "--edits", "substitute,insert"], "--edits insert/delete only apply with --mode keep"),
@@ -498,7 +498,8 @@ def test_cli_choices_come_from_the_library():
     defaults = RefineConfig()
     for name in ("mode", "order", "proposal", "optimizer", "sweeps", "positions_per_batch", "draft", "screen", "screen_keep",
                  "tol", "seed", "max_new_tokens", "min_prob"):
-        assert params[name].default == getattr(defaults, name), name
+        default = params[name].default
+        assert (default() if callable(default) else default) == getattr(defaults, name), name
     from ortrefine.runtime.decoding import EARLY_STOPPING, GenerationConfig
 
     gen = {p.name: p for p in cli.commands["generate"].params}

@@ -206,7 +206,7 @@ CHAIN = {"a": {"b": 0.5, "c": 0.45}, "b": {"d": 0.4, "e": 0.35}, "c": {"d": 0.9}
 def test_screen_keeps_the_best_when_its_estimate_is_exact(ppb):
     lm = table_lm(CHAIN)
     base = dict(mode="keep", top_k=4, max_new_tokens=6, positions_per_batch=ppb, sweeps=5, prune=False)
-    exact = refine(lm, "a", RefineConfig(**base))
+    exact = refine(lm, "a", RefineConfig(**base, screen=0))
     screened = refine(lm, "a", RefineConfig(**base, screen=1, screen_keep=1))
     assert exact.edits, "the chain must leave the exact search something to fix"
     assert screened.final.ids == exact.final.ids
@@ -247,7 +247,7 @@ def test_screen_estimate_is_exact_on_random_bigrams(seed):
         lm = table_lm(table)
         for ppb in (3, 8):
             base = dict(mode="keep", top_k=6, max_new_tokens=7, positions_per_batch=ppb, objectives=["logprob"])
-            exact = refine(lm, "a", RefineConfig(**base))
+            exact = refine(lm, "a", RefineConfig(**base, screen=0))
             screened = refine(lm, "a", RefineConfig(**base, screen=1, screen_keep=1))
             assert bool(screened.edits) == bool(exact.edits)
             if exact.edits:
@@ -301,7 +301,10 @@ def test_task_inputs_switch_their_term_on(kw, term):
     from ortrefine.runtime.objectives import ObjectiveSpec
 
     names = [ObjectiveSpec.parse(str(o)).name for o in RefineConfig(**kw).objectives]
-    assert names == ["logprob", "repetition", term]
+    # keywords get the keyword task's J (per-token log P: summed log P cut sentences to fragments)
+    assert names == (["mean-logprob", "repetition", term] if term == "coverage" else ["logprob", "repetition", term])
+    added = [str(o) for o in RefineConfig(objectives=["logprob"], **kw).objectives]
+    assert added == ["logprob", "coverage=2.0" if term == "coverage" else "reference"]  # the task's term joins a J the user named
     explicit = RefineConfig(objectives=["logprob", f"{term}=3.0"], **kw).objectives
     assert [str(o) for o in explicit] == ["logprob", f"{term}=3.0"]  # a term the user named is not added twice
 

@@ -68,8 +68,8 @@ def test_converged_keep_refinement_is_coordinatewise_optimal(tiny, objectives):
 def test_pruning_is_exact(tiny, mode):
     _, lm, _, _ = tiny
     for prompt in ["Once upon a time", "The sky is blue"]:
-        a = refine(lm, prompt, RefineConfig(mode=mode, top_k=4, max_new_tokens=12, positions_per_batch=2, chunk=3))
-        b = refine(lm, prompt, RefineConfig(mode=mode, top_k=4, max_new_tokens=12, positions_per_batch=2, chunk=3, prune=False))
+        a = refine(lm, prompt, RefineConfig(mode=mode, top_k=4, max_new_tokens=12, positions_per_batch=2, chunk=3, screen=0))
+        b = refine(lm, prompt, RefineConfig(mode=mode, top_k=4, max_new_tokens=12, positions_per_batch=2, chunk=3, screen=0, prune=False))
         assert a.final.ids == b.final.ids
         assert a.objective_after["total"] == pytest.approx(b.objective_after["total"], abs=1e-6)
         assert b.cost.pruned == 0 and a.cost.forward_tokens <= b.cost.forward_tokens

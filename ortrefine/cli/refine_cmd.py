@@ -100,10 +100,25 @@ def render(result: Any, tokenizer: Any) -> str:
     return "\n".join(lines)
 
 
+def _refine_default(name: str) -> Any:
+    """A RefineConfig field's default, so the CLI never restates the library's choice."""
+    import dataclasses
+
+    from ortrefine.runtime.refine import RefineConfig
+
+    return next(f.default for f in dataclasses.fields(RefineConfig) if f.name == name)
+
+
 def _default_objectives() -> tuple[str, ...]:
     from ortrefine.runtime.refine import DEFAULT_OBJECTIVES
 
     return DEFAULT_OBJECTIVES
+
+
+def _keyword_objectives() -> tuple[str, ...]:
+    from ortrefine.runtime.refine import KEYWORD_OBJECTIVES
+
+    return KEYWORD_OBJECTIVES
 
 
 @click.command()
@@ -114,7 +129,7 @@ def _default_objectives() -> tuple[str, ...]:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--objective", "objectives", multiple=True, type=Text(),
               help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, coverage, reference, reward) "
-                   "[default: " + " ".join(_default_objectives()) + "].")
+                   "[default: " + " ".join(_default_objectives()) + "; with --keywords: " + " ".join(_keyword_objectives()) + "].")
 @click.option("--keywords", default=None, type=Text(), help="Comma-separated words the output must use (adds the coverage term).")
 @click.option("--reference", default=None, type=Text(), help="Reference text (adds the reference term).")
 @click.option("--mode", type=LibraryChoice(_modes), default="regenerate", show_default=True)
@@ -135,7 +150,7 @@ def _default_objectives() -> tuple[str, ...]:
               help="Positions whose candidates are scored in one batch; the best edit among them is accepted.")
 @click.option("--draft", type=click.IntRange(min=0), default=0, show_default=True,
               help="--mode regenerate only: tokens drafted from the incumbent and verified per pass (exact).")
-@click.option("--screen", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--screen", type=click.IntRange(min=0), default=lambda: _refine_default("screen"), show_default="2, the library's default",
               help="Approximate, faster: after the edit and N more tokens, finish only the --screen-keep most promising candidates per batch (0: exact).")
 @click.option("--screen-keep", type=click.IntRange(min=1), default=4, show_default=True, help="With --screen only.")
 @click.option("--tol", type=FiniteFloat(0), default=1e-6, show_default=True)
@@ -157,7 +172,7 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
     from ortrefine.runtime.relax import RelaxConfig
 
     check_refine_options(ctx, kw, keywords, edits)
-    objectives = list(kw.pop("objectives")) or list(_default_objectives())
+    objectives = list(kw.pop("objectives")) or None  # None: the library's default for the task
     cfg = RefineConfig(
         objectives=objectives, keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),

@@ -161,6 +161,7 @@ class System:
     def objectives(self) -> list[str]:
         from ortrefine.runtime.refine import DEFAULT_OBJECTIVES
 
+        # the names a judge's independence is checked against (a keyword item's default J names no bundle either)
         return [str(o) for o in self.options.get("objectives", DEFAULT_OBJECTIVES)] if self.strategy == "refine" else []
 
     def check(self, max_new_tokens: int = 32) -> None:
