@@ -191,6 +191,17 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
                 smoothing=0.1)
 
 
+def write_records(out: OutputLog, records: Iterable[dict[str, Any]], bar: Any) -> tuple[int, int]:
+    """Append each record as it arrives (local or from Ray's actors); (written, error records)."""
+    written = errors = 0
+    for rec in records:
+        out.append(rec)
+        written += 1
+        errors += "error" in rec
+        bar.update(1)
+    return written, errors
+
+
 def run_batch(input_path: str | Path, output_path: str | Path, config: BatchConfig, progress: bool = True,
               lm: "LM | None" = None) -> BatchSummary:
     """Process every record of INPUT whose id is not yet in OUTPUT, appending to OUTPUT."""
@@ -205,11 +216,7 @@ def run_batch(input_path: str | Path, output_path: str | Path, config: BatchConf
             predictor = Predictor(config, lm=lm)
             bar = _progress(len(records), skipped, progress, Path(output_path).name)
             try:
-                for rec in predictor.process(todo):
-                    out.append(rec)
-                    written += 1
-                    errors += "error" in rec
-                    bar.update(1)
+                written, errors = write_records(out, predictor.process(todo), bar)
             finally:
                 bar.close()
                 predictor.close()  # nothing is left in flight unless interrupted: then it is dropped

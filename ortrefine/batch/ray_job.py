@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ortrefine.batch.config import BatchConfig
-from ortrefine.batch.job import BatchSummary, Predictor, _progress
+from ortrefine.batch.job import BatchSummary, Predictor, _progress, write_records
 from ortrefine.batch.records import OutputLog, check_paths, pending, read_input
 from ortrefine.catalog import resolve_bundle_path
 from ortrefine.errors import ConfigError, MissingExtraError
@@ -65,13 +65,9 @@ def run_ray(input_path: str | Path, output_path: str | Path, config: BatchConfig
                     compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker)
                 bar = _progress(len(records), skipped, progress, Path(output_path).name)
                 try:
-                    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                        for line in batch["out"]:
-                            rec = json.loads(str(line))
-                            out.append(rec)
-                            written += 1
-                            errors += "error" in rec
-                            bar.update(1)
+                    arriving = (json.loads(str(line)) for batch in ds.iter_batches(batch_size=None, batch_format="numpy")
+                                for line in batch["out"])
+                    written, errors = write_records(out, arriving, bar)
                 finally:
                     bar.close()
             finally:

@@ -199,6 +199,22 @@ class OutputClaim:
 
 
 @contextmanager
+def _locked(final: Path, overwrite: bool, protect: Sequence[Path], cannot: str) -> Iterator[OutputClaim]:
+    """Hold the target's lock, with dead writers' leftovers cleared; `cannot`: the error's opening words."""
+    lock = _Lock(final)
+    try:
+        lock.acquire(final)
+    except OSError as e:
+        raise ExportError(f"{cannot}: {e.strerror}; check the folder's permissions or choose another output folder") from None
+    try:
+        claim = OutputClaim(final, overwrite, tuple(Path(p) for p in protect))
+        claim.removed_stale = clean_stale(final)
+        yield claim
+    finally:
+        lock.release()
+
+
+@contextmanager
 def claim_output(final: Path, overwrite: bool = False, protect: Sequence[Path] = ()) -> Iterator[OutputClaim]:
     """Lock the target, refuse it if it must not be written, finish or clear dead writers' leftovers."""
     final = absolute(final)
@@ -207,35 +223,17 @@ def claim_output(final: Path, overwrite: bool = False, protect: Sequence[Path] =
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExportError(f"cannot create {final.parent}: {e.strerror}; choose another output folder") from None
-    lock = _Lock(final)
-    try:
-        lock.acquire(final)
-    except OSError as e:
-        raise ExportError(f"cannot write into {final.parent}: {e.strerror}; choose another output folder") from None
-    try:
-        claim = OutputClaim(final, overwrite, tuple(Path(p) for p in protect))
-        claim.removed_stale = clean_stale(final)
-        check_target(final, overwrite, protect)
+    with _locked(final, overwrite, protect, f"cannot write into {final.parent}") as claim:
+        check_target(final, overwrite, protect)  # again under the lock: leftovers may have been put back
         yield claim
-    finally:
-        lock.release()
 
 
 @contextmanager
 def lock_target(bundle: Path) -> Iterator[OutputClaim]:
     """The write lock of an existing bundle, for a command that adds files to it in place."""
     bundle = absolute(bundle)
-    lock = _Lock(bundle)
-    try:
-        lock.acquire(bundle)
-    except OSError as e:
-        raise ExportError(f"cannot lock {bundle}: {e.strerror}; check the folder's permissions") from None
-    try:
-        claim = OutputClaim(bundle, True)
-        claim.removed_stale = clean_stale(bundle)
+    with _locked(bundle, True, (), f"cannot lock {bundle}") as claim:
         yield claim
-    finally:
-        lock.release()
 
 
 @contextmanager

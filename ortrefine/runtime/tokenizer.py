@@ -134,7 +134,13 @@ class TextTokenizer:
         return render_chat(self._template(), self._messages(user, system), self.special, self.origin)
 
     def encode_chat(self, user: str, system: str | None = None) -> list[int]:
+        """Ids of a [system,] user conversation (the CLI's `--chat`); see encode_messages."""
+        return self.encode_messages(self._messages(user, system))
+
+    def encode_messages(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Ids of the rendered conversation; control tokens only where the template writes them.
+
+        messages: [{"role", "content"}, ...] with checked text (the server passes whole conversations).
 
         Every control-token string inside a message is swapped for a unique marker before the
         template runs; the rendered text is encoded piecewise around the markers and each marker
@@ -158,7 +164,7 @@ class TextTokenizer:
 
             return pattern.sub(swap, text)
 
-        messages = [{**m, "content": defang(m["content"])} for m in self._messages(user, system)]
+        messages = [{**m, "content": defang(m["content"])} for m in messages]
         rendered = render_chat(template, messages, self.special, self.origin)
         if not forged:
             return self._ids(rendered, add_special_tokens=False)
