@@ -336,3 +336,12 @@ def test_keywords_alone_turn_coverage_on_in_the_cli(tmp_path):
 
     r = CliRunner().invoke(refine_cmd, ["x", "--keywords", "dog", "-m", str(tmp_path / "none")])
     assert r.exit_code == 1 and "no bundle at" in r.output  # options accepted; only the missing bundle stops it
+
+
+def test_keywords_given_as_one_string_are_refused_not_split_into_letters():
+    from ortrefine.errors import ConfigError
+    from ortrefine.runtime.refine import RefineConfig
+
+    with pytest.raises(ConfigError, match="not one string"):
+        RefineConfig(keywords="dog,frisbee")
+    assert RefineConfig(keywords=["dog", "frisbee"]).keywords == ("dog", "frisbee")

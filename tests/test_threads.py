@@ -8,7 +8,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from ortrefine.runtime import session as S
+from ortrefine.runtime import ort_session as S
 
 
 def test_affinity_string_pins_workers_to_the_other_cores(monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -20,7 +20,36 @@ from ortrefine.runtime.logprobs import gather_logprobs, log_softmax
 from ortrefine.runtime.tokenizer import check_text
 
 if TYPE_CHECKING:
-    from ortrefine.runtime.session import LM
+    from ortrefine.runtime.kvcache import ForwardOutput, KVCache
+    from ortrefine.runtime.scoring import ScoreResult
+
+
+class Stepper(Protocol):
+    """What `steps` hands back (steppers.py): decoding only ever feeds one token at a time."""
+
+    def step(self, token: int) -> np.ndarray: ...
+
+
+class DecodingModel(Protocol):
+    """The LM as the strategies use it: named here so that decoding never imports the LM facade
+    (the facade imports decoding to implement `LM.generate`)."""
+
+    tokenizer: Any
+    forward_tokens: int
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]: ...
+
+    def encode_prompt(self, prompt: str | Sequence[int], chat: bool = False, max_new_tokens: int = 0) -> list[int]: ...
+
+    def forward(self, input_ids: np.ndarray, past: KVCache | None = None) -> ForwardOutput: ...
+
+    def prefill(self, ids: Sequence[int], keep_last: int | None = None) -> ForwardOutput: ...
+
+    def steps(self, kv: KVCache, new_tokens: int) -> Stepper: ...
+
+    def score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> ScoreResult: ...
+
 
 STRATEGIES: Registry[Callable[..., "Decoded"]] = Registry("decoding strategy")
 MAX_BEAMS = 256  # beam search holds one KV cache and one row of logits per beam
@@ -142,14 +171,14 @@ class GenerationResult:
         }
 
 
-def _stop_hit(lm: "LM", ids: list[int], stop: tuple[str, ...]) -> bool:
+def _stop_hit(lm: DecodingModel, ids: list[int], stop: tuple[str, ...]) -> bool:
     if not stop:
         return False
     text = lm.tokenizer.decode(ids)
     return any(s in text for s in stop)
 
 
-def _cut_at_stop(lm: "LM", ids: list[int], stop: tuple[str, ...]) -> tuple[list[int], str, bool]:
+def _cut_at_stop(lm: DecodingModel, ids: list[int], stop: tuple[str, ...]) -> tuple[list[int], str, bool]:
     """Shortest id prefix whose text contains a stop string; the text is cut before it."""
     text = lm.tokenizer.decode(ids)
     hits = [text.index(s) for s in stop if s in text]
@@ -182,7 +211,7 @@ def _sample_logits(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Gen
     return int(min(np.searchsorted(np.cumsum(p), rng.random(), side="right"), p.size - 1))
 
 
-def _stepwise(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig, pick: Callable[[np.ndarray], int]) -> Decoded:
+def _stepwise(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig, pick: Callable[[np.ndarray], int]) -> Decoded:
     """The one decode loop: last logits → pick a token → stop checks → one-token forward."""
     out = lm.prefill(prompt_ids, keep_last=1)
     steps = lm.steps(out.kv, cfg.max_new_tokens)
@@ -202,11 +231,11 @@ def _stepwise(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig, pick: Call
     return Decoded(ids, "length", lps)
 
 
-def greedy(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
+def greedy(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
     return _stepwise(lm, prompt_ids, cfg, lambda logits: int(np.argmax(logits)))
 
 
-def sample(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
+def sample(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
     rng = np.random.default_rng(cfg.seed)
     return _stepwise(lm, prompt_ids, cfg, lambda logits: _sample_logits(logits, cfg, rng))
 
@@ -225,7 +254,22 @@ def _length_norm(n: int, length_penalty: float) -> np.float32:
     return np.float32(min(max(float(d), 1e-30), 1e30))
 
 
-def beam(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
+def _beam_output(done: np.ndarray, done_seqs: np.ndarray, done_len: np.ndarray, best_running: np.ndarray,
+                 P: int) -> list[int]:
+    """The generated ids of the best finished hypothesis, never an empty output when none finished.
+
+    done: (beams,) bool, best first; done_seqs: (beams, max_length) int64 prompt + output ids;
+    done_len: (beams,) int64 lengths; best_running: the best running beam's generated ids; P: prompt length.
+    """
+    if done[0]:
+        return [int(t) for t in done_seqs[0, P : done_len[0]]]
+    if done.any():  # a length penalty so negative that finished scores fell below the empty slots' -1e9
+        k = int(np.argmax(done))
+        return [int(t) for t in done_seqs[k, P : done_len[k]]]
+    return [int(t) for t in best_running]  # nothing finished above the empty slots: the best running beam
+
+
+def beam(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
     """Beam search for one prompt, step for step as transformers 4.57 `_beam_search`."""
     nb, P = cfg.num_beams, len(prompt_ids)
     max_length = P + cfg.max_new_tokens
@@ -281,13 +325,7 @@ def beam(lm: "LM", prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
             break
         step = lm.forward(running[:, cur - 1 : cur], kv.rows(beam_origin))
         logits, kv = step.logits[:, -1], step.kv
-    if done[0]:
-        ids = [int(t) for t in done_seqs[0, P : done_len[0]]]
-    elif done.any():  # a length penalty so negative that finished scores fell below the empty slots' -1e9
-        k = int(np.argmax(done))
-        ids = [int(t) for t in done_seqs[k, P : done_len[k]]]
-    else:  # nothing finished above the empty slots: the best running beam, not an empty output
-        ids = [int(t) for t in running[0, P:cur]]
+    ids = _beam_output(done, done_seqs, done_len, running[0, P:cur], P)
     reason = "eos" if ids and ids[-1] in lm.eos_ids else "length"
     return Decoded(ids, reason)
 
@@ -297,7 +335,7 @@ STRATEGIES.register("sample", sample)
 STRATEGIES.register("beam", beam)
 
 
-def generate(lm: "LM", prompt: str | Sequence[int], cfg: GenerationConfig, chat: bool = False) -> GenerationResult:
+def generate(lm: DecodingModel, prompt: str | Sequence[int], cfg: GenerationConfig, chat: bool = False) -> GenerationResult:
     """Encode, decode with the configured strategy, score the result, cut at stop strings."""
     t0 = time.perf_counter()
     prompt_ids = lm.encode_prompt(prompt, chat=chat, max_new_tokens=cfg.max_new_tokens)

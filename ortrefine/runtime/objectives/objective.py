@@ -1,0 +1,80 @@
+"""J(Y) = Σₖ wₖ · termₖ(Y): the one scoring interface of the refiner, and the bound on J that
+exact pruning compares partial candidates against."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ortrefine.errors import ConfigError, ObjectiveError
+from ortrefine.runtime.objectives.base import Batch, Context, Term
+from ortrefine.runtime.objectives.registry import term_class
+from ortrefine.runtime.objectives.spec import ObjectiveSpec
+
+
+def build_term(spec: ObjectiveSpec, ctx: Context) -> Term:
+    """The term a spec names; options are checked before the weight so a misspelt option is what
+    the user hears about first."""
+    cls = term_class(spec.name)
+    cls.check_options(spec.options)
+    weight = spec.weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"objective {spec.name!r}: weight must be a finite number, got {weight!r}")
+    return cls(float(weight), ctx, **spec.options)
+
+
+class Objective:
+    """The weighted sum; evaluates every term on a batch and bounds partial candidates."""
+
+    def __init__(self, specs: Sequence[ObjectiveSpec | str], ctx: Context) -> None:
+        if not specs:
+            raise ConfigError("at least one objective term is needed (e.g. --objective logprob)")
+        self.terms: list[Term] = []
+        for spec in (ObjectiveSpec.parse(s) if isinstance(s, str) else s for s in specs):
+            term = build_term(spec, ctx)
+            # `evaluate` keys each term's values by name, so a second term of a name would take the first's entry
+            if any(t.name == term.name for t in self.terms):
+                raise ConfigError(f"objective {spec.name!r} is given twice; give each term once (add the weights up)")
+            self.terms.append(term)
+        self.ctx = ctx
+        self.needs_reference = any(t.needs_reference for t in self.terms)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
+
+    def evaluate(self, batch: Batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(K,) totals and the raw value of each term."""
+        parts = {t.name: t.evaluate(batch) for t in self.terms}
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.asarray(sum(t.weight * parts[t.name] for t in self.terms), dtype=np.float64)
+        if not np.all(np.isfinite(total)):
+            terms = ", ".join(f"{t.describe()} ({float(np.min(parts[t.name])):g})" for t in self.terms)
+            raise ObjectiveError(f"the objective is not a finite number ({terms}); use smaller weights")
+        return total, parts
+
+    def can_prune(self) -> bool:
+        """Exact pruning needs every non-LM term bounded above."""
+        return all(t.lm or math.isfinite(t.max_value()) for t in self.terms)
+
+    def upper_bound(self, lp_sum: np.ndarray, ref_sum: np.ndarray, length: np.ndarray, lm_only: bool = False) -> np.ndarray:
+        """Largest J any completion of these partial candidates can reach.
+
+        lm_only: the LM terms alone (for ranking candidates against each other, where a text
+        term's bound is the same constant for every row, or infinite for an unbounded reward).
+        """
+        bound = np.zeros_like(lp_sum, dtype=np.float64)
+        for t in self.terms:
+            if t.lm:
+                bound = bound + t.weight * t.upper_bound(lp_sum, ref_sum, length)
+            elif not lm_only:
+                bound = bound + t.weight * t.max_value()
+        return bound
+
+    def propose(self, prefix_ids: Sequence[int]) -> list[int]:
+        out: list[int] = []
+        for t in self.terms:
+            out.extend(t.propose(prefix_ids))
+        return out

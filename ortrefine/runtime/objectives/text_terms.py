@@ -1,0 +1,106 @@
+"""Terms computed on finished candidates' tokens or text. Each states the largest value it can
+take (`max_value`), which is all exact pruning needs of it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ortrefine.errors import ConfigError
+from ortrefine.runtime.keywords import covered as keyword_coverage, inflections, is_list
+from ortrefine.runtime.objectives.base import Term
+from ortrefine.runtime.objectives.options import Option
+from ortrefine.runtime.objectives.registry import register
+from ortrefine.runtime.objectives.text import content_words, words
+
+
+@register
+class Length(Term):
+    """length(Y) = −|len(Y) − target| (in tokens, eos included; target defaults to the initial
+    output's length, so the term holds the refined output near Y⁰'s length)."""
+
+    name = "length"
+    options = {"target": Option(int, None, low=1, high=1 << 31)}
+    target: int | None
+
+    def evaluate(self, batch):
+        target = self.target if self.target is not None else (self.ctx.initial_len or self.ctx.max_len)
+        return -np.abs(np.array([len(i) for i in batch.ids], dtype=np.float64) - target)
+
+    def max_value(self) -> float:
+        return 0.0
+
+
+@register
+class Repetition(Term):
+    """repetition(Y) = −#(repeated token n-grams): every n-gram occurrence after its first counts 1."""
+
+    name = "repetition"
+    options = {"n": Option(int, 3, low=1, error="repetition: n must be a whole number >= 1, got {value}")}
+    n: int
+
+    def evaluate(self, batch):
+        out = []
+        for ids in batch.ids:
+            grams = [tuple(ids[i : i + self.n]) for i in range(len(ids) - self.n + 1)]
+            out.append(-(len(grams) - len(set(grams))))
+        return np.array(out, dtype=np.float64)
+
+    def max_value(self) -> float:
+        return 0.0
+
+
+@register
+class Coverage(Term):
+    """coverage(Y) = #{keywords Y uses in some inflection}, and 0 when Y only lists them.
+
+    Matching is simplemma's (sat covers sit, mice covers mouse: `runtime.keywords`, the same
+    matcher `ortrefine eval` reports with). A comma list of the concepts ("dog, frisbee, park.")
+    scored full marks under log P + coverage and was most of what refinement "covered"; asked
+    for a sentence, a list uses no concept. Keywords come from --keywords, else the content
+    words of the prompt. Proposes, at every position, the first token of every inflection of
+    each keyword still missing (with and without a leading space, and capitalised).
+    """
+
+    name = "coverage"
+
+    def configure(self) -> None:
+        ctx = self.ctx
+        given = bool(ctx and ctx.keywords)
+        raw = ctx.keywords if given else content_words(ctx.prompt if ctx else "")
+        self.keywords = tuple(dict.fromkeys(k.strip().lower() for k in raw if isinstance(k, str) and k.strip()))
+        for k in self.keywords:
+            if not words(k):
+                raise ConfigError(f"coverage: keyword {k!r} has no letters or digits, so no text can cover it; drop it from --keywords")
+        if ctx is not None and not self.keywords:
+            raise ConfigError("objective 'coverage' has no keywords: " + ("--keywords names none" if given else
+                              "the prompt has no content words") + "; pass --keywords a,b,c")
+        tok = ctx.tokenizer if ctx else None
+        self._first_tokens = {k: self._first_tokens_of(tok, k) for k in self.keywords} if tok is not None else {}
+
+    @staticmethod
+    def _first_tokens_of(tok, keyword: str) -> list[int]:
+        """The tokens that can start `keyword` in any inflection: what `propose` offers while it is missing."""
+        head, *rest = keyword.split()
+        tail = " " + " ".join(rest) if rest else ""
+        firsts = set()
+        for form in inflections(head):
+            for text in (" " + form + tail, form + tail, " " + form.capitalize() + tail):
+                ids = tok.encode_plain(text)
+                if ids:
+                    firsts.add(ids[0])
+        return sorted(firsts)
+
+    def covered(self, text: str) -> list[bool]:
+        return keyword_coverage(text, self.keywords)
+
+    def evaluate(self, batch):
+        return np.array([0.0 if is_list(t, self.keywords) else float(sum(self.covered(t))) for t in batch.texts], dtype=np.float64)
+
+    def max_value(self) -> float:
+        return float(len(self.keywords))
+
+    def propose(self, prefix_ids):
+        if self.ctx is None:
+            return []
+        have = self.covered(self.ctx.tokenizer.decode(prefix_ids))
+        return [t for k, c in zip(self.keywords, have) if not c for t in self._first_tokens.get(k, [])]

@@ -1,0 +1,192 @@
+"""RefineConfig: every setting of a refinement, checked once so the refiner can trust it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ortrefine.errors import ConfigError
+from ortrefine.runtime.decoding import GenerationConfig
+from ortrefine.runtime.objectives import ObjectiveSpec
+from ortrefine.runtime.refine.orders import ORDERS
+from ortrefine.runtime.relax import RelaxConfig
+
+MODES = ("keep", "regenerate")
+PROPOSALS = ("topk", "gradient", "hybrid")
+OPTIMIZERS = ("coordinate", "gradient")
+EDIT_KINDS = ("substitute", "insert", "delete")
+
+# J when the user names no term. log P alone rewards loops and early endings: under an independent
+# judge (benchmarks/eval) it made fluent greedy outputs loop, and the repetition term removed that.
+DEFAULT_OBJECTIVES = ("logprob", "repetition=1.0")
+# J for the keyword task when the user names no term. Summed log P rewards ending early, so edits
+# cut sentences down to fragments that drop concepts ("A spoon."); per-token log P does not. On
+# CommonGen sets of 4-5 concepts it put every concept in a real sentence far more often than
+# DEFAULT_OBJECTIVES + coverage, at a much higher cost per prompt (benchmarks/eval/commongen-*).
+KEYWORD_OBJECTIVES = ("mean-logprob", "repetition=1.0", "coverage=1.0")
+# Terms a task's inputs switch on when the user gave the input but not its term.
+TASK_TERMS = {"keywords": "coverage=2.0", "reference": "reference"}
+
+
+def _term_name(o: ObjectiveSpec | str) -> str:
+    return o.name if isinstance(o, ObjectiveSpec) else ObjectiveSpec.parse(str(o)).name
+
+
+@dataclass
+class RefineConfig:
+    """How to refine.
+
+    objectives: terms of J, as ObjectiveSpec or strings like "coverage=2.0" (README: formulas);
+        None: KEYWORD_OBJECTIVES when keywords are given, else DEFAULT_OBJECTIVES.
+    keywords / reference: inputs of the coverage / reference terms; giving one adds its term
+        (TASK_TERMS) when `objectives` does not name it, so a user need not know the term names.
+    mode: keep | regenerate (see the package docstring).
+    top_k: proposals per position from p(· | X, Y[:i]); None enumerates the whole vocabulary.
+    min_prob: drop top-k proposals below this probability (objective proposals are exempt).
+    edits: any of substitute, insert, delete (insert/delete only change anything in keep mode:
+        under regenerate every edit is a substitution followed by a fresh suffix).
+    order: l2r | r2l | random (seeded) | worst-first (lowest per-token log-prob first) |
+        gradient-norm (largest gradient at the token's embedding first; needs a gradient graph).
+    proposal: where substitution candidates come from: topk (the model's own next-token
+        distribution), gradient (HotFlip/GCG first-order scores from the bundle's gradient graph,
+        `ortrefine export-gradient`), hybrid (both lists; exact scoring decides either way).
+    optimizer: coordinate (the sweeps above) | gradient (each sweep runs `relax.steps` steps of
+        gradient ascent on a softmax relaxation of Y, projects each step to tokens and accepts the
+        best projection only if its exact J is higher; needs a gradient graph).
+    relax: settings of the gradient optimizer (steps, lr, method plain|momentum|adam, temperature).
+    sweeps: maximum sweeps; refinement also stops when a sweep accepts nothing.
+    positions_per_batch: positions whose candidates are scored together in one batch; the best
+        edit among them is accepted (1 = plain coordinate descent).
+    tol: minimum ΔJ to accept an edit.
+    seed: for the random order (and sampled initial outputs).
+    budget_seconds / budget_tokens: stop before the next batch once spent (None: no limit).
+    prune: drop candidates whose exact upper bound falls to the incumbent's J.
+    chunk: keep mode: suffix tokens scored per pass between pruning checks. 4 was the fastest on
+        the fused SmolLM2 graph (benchmarks/probes/chunk.py): smaller chunks prune more tokens but
+        pay a weight read per pass.
+    draft: regenerate mode: tokens drafted from the incumbent and verified per pass (exact: kept
+        only where they equal the greedy choice); 0 decodes one token per pass.
+    screen: approximate; 0 scores every candidate exactly. Once every candidate of a batch has its edit and `screen` more
+        suffix tokens scored, only the `screen_keep` most promising are finished; the rest are
+        dropped. "Promising" = exact log-probs so far plus the incumbent's own log-probs for the
+        tokens not yet scored (keep: the same tokens; regenerate: the incumbent's positions), fed
+        to the objective's bound. Exact pruning can only drop a candidate once it has fallen behind
+        the incumbent's whole remaining log-prob, so most candidates are scored to the end; the
+        screen stops that at a few tokens each. Accepted edits are still scored exactly (J never
+        falls), but an edit the screen ranks low is missed.
+    screen_keep: candidates per batch finished after the screen.
+    max_rows: candidates per forward pass (memory bound for top_k=None).
+    max_new_tokens: length cap of Y⁰ and of every candidate.
+    chat / system: wrap the prompt in the chat template.
+    initial: refine this text instead of decoding Y⁰.
+    initial_strategy: how Y⁰ is decoded (default greedy).
+    """
+
+    objectives: list[ObjectiveSpec | str] | None = None
+    keywords: tuple[str, ...] = ()
+    reference: str | None = None
+    mode: str = "regenerate"
+    top_k: int | None = 3
+    min_prob: float = 0.0
+    edits: tuple[str, ...] = ("substitute",)
+    order: str = "l2r"
+    proposal: str = "topk"
+    optimizer: str = "coordinate"
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
+    sweeps: int = 1
+    positions_per_batch: int = 8
+    tol: float = 1e-6
+    seed: int = 0
+    budget_seconds: float | None = None
+    budget_tokens: int | None = None
+    prune: bool = True
+    chunk: int = 4
+    draft: int = 0
+    screen: int = 2  # the independent judge preferred it to exact scoring, and it is faster (benchmarks/eval/dev-screen)
+    screen_keep: int = 4
+    max_rows: int = 64
+    max_new_tokens: int = 32
+    chat: bool = False
+    system: str | None = None
+    initial: str | None = None
+    initial_strategy: GenerationConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = str(self.mode).lower()
+        self.order = str(self.order).lower()
+        self.edits = tuple(str(e).lower() for e in self.edits)
+        if isinstance(self.keywords, str):  # tuple() would split it into characters
+            raise ConfigError(f"keywords must be a sequence of words, not one string ({self.keywords!r}); split it first")
+        self.keywords = tuple(self.keywords)
+        # checked in this order: the first bad setting is the one reported
+        self._check_choices()
+        self._check_numbers()
+        self._check_inputs()
+        if self.objectives is None:
+            self.objectives = list(KEYWORD_OBJECTIVES if self.keywords else DEFAULT_OBJECTIVES)
+        self.objectives = self._with_task_terms(list(self.objectives))
+
+    def _check_choices(self) -> None:
+        """The named settings, lower-cased so the CLI and the API accept any case."""
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        ORDERS.get(self.order)
+        self.proposal = str(self.proposal).lower()
+        if self.proposal not in PROPOSALS:
+            raise ConfigError(f"unknown proposal {self.proposal!r}; known: {', '.join(PROPOSALS)}")
+        self.optimizer = str(self.optimizer).lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.order == "gradient-norm" and self.proposal == "topk":
+            raise ConfigError("order 'gradient-norm' needs --proposal gradient or hybrid")
+        bad = [e for e in self.edits if e not in EDIT_KINDS]
+        if bad or not self.edits:
+            raise ConfigError(f"unknown edit kind(s) {bad or '(none)'}; known: {', '.join(EDIT_KINDS)}")
+
+    def _check_numbers(self) -> None:
+        """Counts and limits; errors name the CLI flag (dashes), which is what users typed."""
+        for name in ("sweeps", "positions_per_batch", "chunk", "screen_keep", "max_rows", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("draft", "screen"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top-k must be >= 1 or 'all', got {self.top_k}")
+        if not (0 <= self.min_prob < 1):
+            raise ConfigError(f"min-prob must be in [0, 1), got {self.min_prob}")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise ConfigError(f"tol must be a finite number >= 0, got {self.tol}")
+        for name in ("budget_seconds", "budget_tokens"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.budget_seconds is not None and not math.isfinite(self.budget_seconds):
+            raise ConfigError(f"budget-seconds must be a finite number of seconds, got {self.budget_seconds} (omit it for no limit)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}")
+
+    def _check_inputs(self) -> None:
+        """The task's own inputs, which the objective terms read as they are."""
+        if any(not isinstance(k, str) for k in self.keywords):
+            raise ConfigError("keywords must be strings")
+        if self.initial is not None and not self.initial.strip():
+            raise ConfigError("--initial text is empty; give the output to refine, or drop --initial")
+
+    def _with_task_terms(self, objectives: list[ObjectiveSpec | str]) -> list[ObjectiveSpec | str]:
+        names = {_term_name(o) for o in objectives}
+        given = {"keywords": bool(self.keywords), "reference": self.reference is not None}
+        for field_name, term in TASK_TERMS.items():
+            if given[field_name] and _term_name(term) not in names:
+                objectives.append(term)
+        return objectives
+
+
+def _config_dict(cfg: RefineConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data, for RefineResult.config (ObjectiveSpec as dicts)."""
+    d = asdict(cfg)
+    d["objectives"] = [o if isinstance(o, str) else asdict(o) for o in cfg.objectives]
+    return d
