@@ -15,7 +15,7 @@ from typing import Any
 
 from ortrefine.errors import OrtRefineError
 from ortrefine.serve.prompts import ROLES
-from ortrefine.serve.scheduler import MAX_TOP_LOGPROBS, DecodeParams
+from ortrefine.serve.protocol import MAX_TOP_LOGPROBS, DecodeParams
 from ortrefine.serve.settings import ServeSettings
 
 
