@@ -23,7 +23,7 @@ import sys
 
 from common import MODELS, goals_section, markdown_table, median, publish, Run, spread, verdict
 
-from ortrefine.cli.bench_cmd import DECODE_PROMPT, coldstart, ortrefine_command
+from ortrefine.bench import DECODE_PROMPT, coldstart, ortrefine_command
 
 PHASES = r'''
 import json, sys, time

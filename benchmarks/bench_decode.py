@@ -4,14 +4,14 @@ Every contender decodes exactly --tokens greedy tokens (eos ignored) from the sa
 prompt ids (from `tokenizers`), after one warm-up; then the contenders take turns for --reps
 rounds (the order rotates each round) and the medians are compared. Between two contenders of a
 round this machine's memory read bandwidth is measured (best of numpy max and an sgemv over a
-512 MiB float32 array: `ortrefine.cli.bench_cmd.memory_bandwidth`; until 2026-11-29 11:40 UTC it was a
+512 MiB float32 array: `ortrefine.bench.memory_bandwidth`; until 2026-11-29 11:40 UTC it was a
 numpy sum, which is compute-limited at ~25 GB/s and overstated every share by ~30 %), so the "weights read per token × tok/s" share is taken against a bandwidth
 measured under the same load.
 
 Contenders:
 - ortrefine, one per bundle found (fp32, int8, int4, int4-emb, int4-head8 (`--head-bits 8`), int4-head8-b64
   (`--head-bits 8 --block-size 64`), int8-dynamic): a timed loop over
-  `lm.prefill` / `lm.forward` (`ortrefine.cli.bench_cmd.decode_fixed`: the per-token work of
+  `lm.prefill` / `lm.forward` (`ortrefine.bench.decode_fixed`: the per-token work of
   ortrefine's greedy loop without its eos/stop checks). Time to first token = prefill + argmax.
 - torch: transformers `generate` on the fp32 checkpoint (dequantized from the catalog's GGUF
   via `load_source`), `min_new_tokens = max_new_tokens` so eos cannot end it; at 1 thread and at
@@ -65,7 +65,7 @@ import numpy as np
 from common import MODELS, goals_section, markdown_table, median, publish, Run, spread, verdict
 
 import ortrefine
-from ortrefine.cli.bench_cmd import DECODE_PROMPT, DecodeRun, decode_fixed, memory_bandwidth, weight_bytes
+from ortrefine.bench import DECODE_PROMPT, DecodeRun, decode_fixed, memory_bandwidth, weight_bytes
 
 BUNDLES = ["smollm2-135m", "smollm2-135m-int8", "smollm2-135m-int4", "smollm2-135m-int4-emb", "smollm2-135m-int4-head8",
            "smollm2-135m-int4-head8-b64", "smollm2-135m-int8-dynamic",

@@ -4,7 +4,7 @@ For each bundle (fp32, int8, int4): --batch candidates that share a --prefix-tok
 differ in --suffix new tokens, scored
 - plain: one (batch, prefix + suffix) pass with no past;
 - prefix reuse: one (1, prefix) pass, its KV repeated to the batch, one (batch, suffix) pass;
-both as bare forward passes (`ortrefine.cli.bench_cmd.scoring_once`: what the graph costs) and
+both as bare forward passes (`ortrefine.bench.scoring_once`: what the graph costs) and
 through the scoring API with log-prob gathering (`LM.score_many` vs `LM.score`: what a caller
 gets). "Scored tok/s" is batch × (prefix + suffix) over the time taken, both ways, so the reuse
 speed-up is a ratio of times; its token-count ceiling is (prefix + suffix) / suffix.
@@ -29,7 +29,7 @@ import numpy as np
 from common import bundle, goals_section, markdown_table, median, publish, Run, spread, verdict
 
 import ortrefine
-from ortrefine.cli.bench_cmd import ScoringRun, scoring_ids, scoring_once, weight_bytes
+from ortrefine.bench import ScoringRun, scoring_ids, scoring_once, weight_bytes
 
 BUNDLES = ["smollm2-135m", "smollm2-135m-int8", "smollm2-135m-int4"]
 

@@ -54,7 +54,7 @@ def test_bench_errors_are_one_line(tmp_path):
 
 def test_decode_fixed_is_greedy_and_ignores_eos(tiny_bundles):
     import ortrefine
-    from ortrefine.cli.bench_cmd import decode_fixed
+    from ortrefine.bench import decode_fixed
 
     lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
     ids = lm.encode_prompt("Once upon a time")
@@ -69,7 +69,7 @@ def test_weight_bytes_counts_initializers(tiny_bundles, monkeypatch):
 
     import onnx
 
-    from ortrefine.cli.bench_cmd import weight_bytes
+    from ortrefine.bench import weight_bytes
 
     model_file = tiny_bundles["llama"] / "model.onnx"
     model = onnx.load(str(model_file))
@@ -94,7 +94,7 @@ def test_weight_bytes_per_token_leaves_out_tables_only_gathered_from(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from ortrefine.cli.bench_cmd import weight_bytes
+    from ortrefine.bench import weight_bytes
 
     table = numpy_helper.from_array(np.zeros((50, 4), np.float32), "table")    # Gather only: 800 B
     tied = numpy_helper.from_array(np.zeros((50, 4), np.float32), "tied")      # Gather and MatMul: 800 B
@@ -112,7 +112,7 @@ def test_weight_bytes_per_token_leaves_out_tables_only_gathered_from(tmp_path):
 
 
 def test_memory_bandwidth_is_positive():
-    from ortrefine.cli.bench_cmd import memory_bandwidth
+    from ortrefine.bench import memory_bandwidth
 
     assert memory_bandwidth(megabytes=4, reps=1) > 0
     assert np.isfinite(memory_bandwidth(megabytes=4, reps=1))

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from ortrefine.cli.main import cli
 from ortrefine.errors import ConfigError
-from ortrefine.runtime.compare import read_prompts
+from ortrefine.evaluate.compare import read_prompts
 
 FIGURES = {"bundle", "precision", "size_mb", "judge_j_before", "judge_j_after", "judge_gain", "own_gain",
            "agreement_initial", "agreement_final", "decode_p50_s", "decode_p95_s", "refine_p50_s",
@@ -63,7 +63,7 @@ def test_bad_prompts_file(tmp_path):
 
 
 def _row(name="b"):
-    from ortrefine.runtime.compare import BundleRow
+    from ortrefine.evaluate.compare import BundleRow
 
     return BundleRow(bundle=name, precision="fp32", size_mb=1.0, judge_j_before=-2.0, judge_j_after=-1.5, judge_gain=0.5,
                      judge_lp_before=-2.0, judge_lp_after=-1.5, own_gain=0.4, agreement_initial=1.0, agreement_final=0.9,
@@ -74,7 +74,7 @@ def _row(name="b"):
 def test_write_report_leaves_a_users_files_and_symlinks_alone(tmp_path):
     """The old writer replaced a user's report.md and wrote through report.json/report.png symlinks."""
     from ortrefine.errors import ExportError
-    from ortrefine.runtime.compare import write_report
+    from ortrefine.evaluate.compare import write_report
 
     precious = tmp_path / "precious.txt"
     precious.write_text("do not touch")

@@ -36,7 +36,7 @@ def load(spec: str):
 
 def measure(bundles: list[str], rounds: int, tokens: int, reverse: bool) -> dict[str, list[float]]:
     """tok/s per round of each bundle (keys: 'i:path'), sessions built in the given or reversed order."""
-    from ortrefine.cli.bench_cmd import decode_fixed
+    from ortrefine.bench import decode_fixed
 
     order = list(range(len(bundles)))[:: -1 if reverse else 1]
     ballast = load(bundles[order[0]].split("+")[0])  # noqa: F841  kept alive: no measured session is the first

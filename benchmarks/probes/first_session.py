@@ -21,7 +21,7 @@ import statistics
 import numpy as np
 
 import ortrefine
-from ortrefine.cli.bench_cmd import decode_fixed
+from ortrefine.bench import decode_fixed
 
 
 def touch_ballast(kind: str, megabytes: int = 300) -> object:

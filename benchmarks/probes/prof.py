@@ -14,7 +14,7 @@ def patched(p, sess_options=None, providers=None, **k):
 ort.InferenceSession = patched
 lm = ortrefine.load(path, provider="cpu")
 ort.InferenceSession = real
-from ortrefine.cli.bench_cmd import decode_fixed
+from ortrefine.bench import decode_fixed
 ids = lm.encode_prompt("The history of the printing press begins in")
 r = decode_fixed(lm, ids, 64)
 print("tok/s", 64 / r.seconds)

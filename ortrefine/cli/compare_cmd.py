@@ -38,7 +38,7 @@ def compare(bundles: tuple[str, ...], prompts_file: Path, judge: str | None, out
             provider: str, threads: int | None, objectives: tuple[str, ...], **kw: Any) -> None:
     """Refine the same prompts with every bundle and judge the outputs with one bundle."""
     from ortrefine.reports import check_report_folder
-    from ortrefine.runtime.compare import REPORT_FILES, compare as run, markdown_table, read_prompts, write_report
+    from ortrefine.evaluate.compare import REPORT_FILES, compare as run, markdown_table, read_prompts, write_report
     from ortrefine.runtime.refine import RefineConfig
 
     try:

@@ -127,16 +127,43 @@ def run_eval(cfg: EvalConfig, items: Sequence[EvalItem], progress: Callable[[str
         raise ConfigError("no prompts to evaluate")
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
-    for s in cfg.systems:
-        s.check(cfg.max_new_tokens)
+    judge_names = _check_inputs(cfg)
+    indep = {judge_names[j]: independence(cfg, j) for j in cfg.judges}
+    lm = ortrefine.load(cfg.model, provider=cfg.provider, threads=cfg.threads)
+    outputs = _decode_all(lm, cfg, items, say)
+    _judge_all(lm, cfg, items, outputs, judge_names, say)
+    summary = summarize(outputs, items, cfg, list(judge_names.values()))
+    return {
+        "meta": {
+            "model": str(lm.bundle.path),
+            "judges": [{"name": judge_names[j], "bundle": str(j), **indep[judge_names[j]]} for j in cfg.judges],
+            "independent": all(v["independent"] for v in indep.values()),
+            "n_prompts": len(items), "kinds": dict(sorted(Counter(i.kind for i in items).items())),
+            "max_new_tokens": cfg.max_new_tokens, "baseline": cfg.baseline, "bootstrap": {"seed": cfg.seed, "resamples": 2000, "level": 0.95},
+            "degenerate_flags": [f for f in ALL_FLAGS if f != "cut_off"], "seconds": time.perf_counter() - t_start,
+            "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+        },
+        "systems": [s.to_dict() for s in cfg.systems],
+        "summary": summary,
+        "outputs": [o.to_dict() for o in outputs],
+    }
+
+
+def _check_inputs(cfg: EvalConfig) -> dict[str, str]:
+    """Every system and judge checked before any decoding: a missing or broken judge must stop the
+    run before hours of work, not after. Returns each judge's display name."""
     from ortrefine.catalog import resolve_bundle_path
     from ortrefine.runtime import open_bundle
 
-    for j in cfg.judges:  # a missing or broken judge must stop the run before hours of decoding, not after
+    for s in cfg.systems:
+        s.check(cfg.max_new_tokens)
+    for j in cfg.judges:
         open_bundle(resolve_bundle_path(j))
-    judge_names = {j: _judge_name(j, cfg.judges) for j in cfg.judges}
-    indep = {judge_names[j]: independence(cfg, j) for j in cfg.judges}
-    lm = ortrefine.load(cfg.model, provider=cfg.provider, threads=cfg.threads)
+    return {j: _judge_name(j, cfg.judges) for j in cfg.judges}
+
+
+def _decode_all(lm: Any, cfg: EvalConfig, items: Sequence[EvalItem], say: Callable[[str], None]) -> list[Output]:
+    """Every system on every prompt, with the text statistics that need no model."""
     outputs: list[Output] = []
     for n, item in enumerate(items, 1):
         for system in cfg.systems:
@@ -151,7 +178,14 @@ def run_eval(cfg: EvalConfig, items: Sequence[EvalItem], progress: Callable[[str
                 "coverage": rep.coverage, "all_covered": rep.all_covered, "real_sentence": rep.real_sentence, "chrf": rep.chrf,
             }, extra=extra))
             say(f"[{n}/{len(items)}] {item.id} {system.name}: {seconds:.1f}s{' (degenerate)' if rep.degenerate else ''}")
-    model_path = str(lm.bundle.path)
+    return outputs
+
+
+def _judge_all(lm: Any, cfg: EvalConfig, items: Sequence[EvalItem], outputs: list[Output],
+               judge_names: dict[str, str], say: Callable[[str], None]) -> None:
+    """Each judge scores every output in its own tokenizer; one judge loaded at a time."""
+    import ortrefine
+
     model_ident = bundle_identity(cfg.model)
     by_item: dict[str, list[Output]] = {}
     for o in outputs:
@@ -168,20 +202,6 @@ def run_eval(cfg: EvalConfig, items: Sequence[EvalItem], progress: Callable[[str
         say(f"judged {len(outputs)} outputs with {name} in {time.perf_counter() - t:.1f}s")
         if jlm is not lm:
             del jlm
-    summary = summarize(outputs, items, cfg, list(judge_names.values()))
-    return {
-        "meta": {
-            "model": model_path, "judges": [{"name": judge_names[j], "bundle": str(j), **indep[judge_names[j]]} for j in cfg.judges],
-            "independent": all(v["independent"] for v in indep.values()),
-            "n_prompts": len(items), "kinds": dict(sorted(Counter(i.kind for i in items).items())),
-            "max_new_tokens": cfg.max_new_tokens, "baseline": cfg.baseline, "bootstrap": {"seed": cfg.seed, "resamples": 2000, "level": 0.95},
-            "degenerate_flags": [f for f in ALL_FLAGS if f != "cut_off"], "seconds": time.perf_counter() - t_start,
-            "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-        },
-        "systems": [s.to_dict() for s in cfg.systems],
-        "summary": summary,
-        "outputs": [o.to_dict() for o in outputs],
-    }
 
 
 def machine() -> dict[str, Any]:
