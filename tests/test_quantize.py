@@ -248,7 +248,7 @@ def test_gate_refuses_and_leaves_nothing(parent):
 
 @pytest.mark.parametrize("step", ["_copy_side_files", "measure", "write_manifest"])
 def test_interrupted_quantize_leaves_nothing(parent, monkeypatch, step):
-    import ortrefine.export.quantize as q
+    import ortrefine.export.quantize.api as q
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
@@ -286,6 +286,10 @@ def test_existing_output_and_requantize_refused(parent):
         ({"to": "int4", "block_size": 24}, "power of two >= 16"),
         ({"to": "int4", "accuracy_level": 7}, "accuracy_level must be 0-4"),
         ({"to": "int3"}, "unknown quantization target 'int3'; use one of: int8, int4, int8-dynamic, fp16"),
+        ({"to": "int8", "algo": "gguf"}, "applies to --to int4, not int8"),
+        ({"to": "int4", "algo": "gguf", "head_bits": 8}, "takes its blocks, head and zero points from the file"),
+        ({"to": "int4", "algo": "gguf", "block_size": 64}, "drop --block-size"),
+        ({"to": "int4", "gguf_layout": "nearest"}, "unknown GGUF layout 'nearest'; use one of: exact, rounded"),
     ],
 )
 def test_config_refusals_name_the_fix(kwargs, message):
@@ -359,6 +363,7 @@ def test_cli_errors(parent, tmp_path):
         ([str(parent), "--to", "int8-dynamic", "--provider", "cuda"], 2, "Error: int8-dynamic (MatMulInteger"),
         ([str(parent), "--to", "int4", "--block-size", "24"], 2, "Error: block_size must be a power of two"),
         ([str(parent), "--to", "int4", "--algo", "gptq"], 2, "Error: --algo gptq is refused"),
+        ([str(parent), "--to", "int4", "--algo", "gguf"], 2, "was not exported from a GGUF file"),
         ([str(tmp_path / "none"), "--to", "int4"], 1, "Error: no bundle at"),
         ([str(parent), "--to", "int4", "--max-kl", "0"], 1, "Error: quality gate failed: mean KL"),
     ]
@@ -370,3 +375,15 @@ def test_cli_errors(parent, tmp_path):
         if code == 1:
             assert r.output.startswith("Error: ") and r.output.count("\n") == 1, (args, r.output)
     assert leftovers(parent.parent) == []
+
+
+def test_auto_algo_is_rtn_without_a_gguf_source_or_with_rtn_options():
+    assert QuantizeConfig("unused", "int4").algo == "auto"
+    assert QuantizeConfig("unused", "int4", head_bits=8).algo == "rtn"
+    assert QuantizeConfig("unused", "int8").algo == "rtn"
+    assert QuantizeConfig("unused", "int4", block_size=64).algo == "rtn"
+
+
+def test_tiny_int4_default_is_round_to_nearest(parent):
+    r = quantize(QuantizeConfig(parent, "int4", gate=LOOSE, out=parent.parent / "tiny-auto-int4"))
+    assert r.manifest["quantization"]["algo"] == "rtn" and "gguf" not in r.manifest["quantization"]

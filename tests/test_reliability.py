@@ -127,7 +127,7 @@ def test_two_quantize_processes_one_wins(bundle):
     out = bundle.parent / "q"
     code = textwrap.dedent(f"""
         import sys, time
-        import ortrefine.export.quantize as q
+        import ortrefine.export.quantize.api as q
         orig = q._write_quantized
         def slow(*a, **k):
             time.sleep(3)
@@ -399,7 +399,7 @@ def test_export_gradient_never_replaces_a_file_it_did_not_write(bundle):
 
 SLOW_QUANTIZE = """
 import sys, time
-import ortrefine.export.quantize as q
+import ortrefine.export.quantize.api as q
 orig = q._gate
 def slow(*a, **k):
     print("STAGED", flush=True)

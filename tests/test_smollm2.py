@@ -55,3 +55,16 @@ def test_chat_prompt_has_single_bos_and_stops_at_end_of_turn(smol_lm, smol_torch
     assert "Paris" in out.text
     if out.finish_reason == "eos":
         assert out.ids[-1] == 2 and "<|im_end|>" not in out.text
+
+
+def test_int4_from_the_gguf_blocks_is_the_files_model(smollm2_bundle, tmp_path):
+    """The default int4 of a GGUF-exported bundle takes the file's Q4_1 and Q8_0 blocks: the same model
+    to within MatMulNBits' int8 activations, where re-quantizing the floats (rtn) is far off (KL ~0.3)."""
+    from ortrefine.export.quantize import QuantizeConfig, quantize
+
+    r = quantize(QuantizeConfig(smollm2_bundle, "int4", out=tmp_path / "int4"))
+    q = r.manifest["quantization"]
+    assert q["algo"] == "gguf" and q["gguf"]["layout"] == "exact"
+    assert q["gguf"]["types"] == {"Q4_1": 120, "Q8_0": 1} and q["gguf"]["fallback"] == []
+    assert q["gguf"]["correction_matmuls"] == 120 and r.ops["MatMulNBits"] == 121
+    assert r.gate.mean_kl < 0.01 and r.gate.top1_agreement > 0.9 and r.gate.ppl_ratio < 1.02

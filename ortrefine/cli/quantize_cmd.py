@@ -30,8 +30,12 @@ def _quantize():
 @click.option("--block-size", type=int, default=32, show_default=True, help="Weights per block for int4/int8 (power of two >= 16).")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
               help="MatMulNBits compute type (4 = int8, the default for rtn; 0 = unset).")
-@click.option("--algo", type=LibraryChoice(lambda: _quantize().ALGOS), default="rtn", show_default=True,
-              help="Weight rounding for int4/int8 (gptq is refused: see the message).")
+@click.option("--algo", type=LibraryChoice(lambda: _quantize().ALGOS), default="auto", show_default=True,
+              help="int4/int8 weights: gguf (from a GGUF source's own blocks), rtn, hqq; auto = gguf for int4 "
+                   "of a GGUF-exported bundle, else rtn (gptq is refused: see the message).")
+@click.option("--gguf-layout", type=LibraryChoice(lambda: _quantize().GGUF_LAYOUTS), default="exact", show_default=True,
+              help="--algo gguf, blocks with an offset (Q4_1, Q4_K): exact (a small block-sum MatMul per "
+                   "projection) or rounded (integer zero points, approximate).")
 @click.option("--quantize-embeddings", is_flag=True, help="Untie the lm_head and quantize it and the embedding table too.")
 @click.option("--head-bits", type=click.Choice(["4", "8"]), default=None,
               help="Untie the lm_head and quantize it to this many bits; the embedding table stays fp32.")
@@ -52,13 +56,13 @@ def _quantize():
 @verbose_option
 @domain_errors
 def quantize(bundle: str, to: str, block_size: int, accuracy_level: int | None, algo: str, quantize_embeddings: bool,
-             head_bits: str | None, symmetric: bool, out: Path | None, provider: str, max_kl: float, max_ppl_ratio: float, min_top1: float,
+             head_bits: str | None, symmetric: bool, gguf_layout: str, out: Path | None, provider: str, max_kl: float, max_ppl_ratio: float, min_top1: float,
              force: bool, overwrite: bool, as_json: bool) -> None:
     """Quantize BUNDLE with ONNX Runtime's quantizers and check it against BUNDLE on built-in text."""
     from ortrefine.export.quantize import QuantizeConfig, quantize as run
 
     cfg = QuantizeConfig(bundle, to, out=out, block_size=block_size, accuracy_level=accuracy_level, algo=algo,
-                         quantize_embeddings=quantize_embeddings, head_bits=int(head_bits) if head_bits else None, symmetric=symmetric, provider=provider, overwrite=overwrite, force=force,
+                         quantize_embeddings=quantize_embeddings, head_bits=int(head_bits) if head_bits else None, symmetric=symmetric, gguf_layout=gguf_layout, provider=provider, overwrite=overwrite, force=force,
                          gate=GateConfig(max_kl=max_kl, max_ppl_ratio=max_ppl_ratio, min_top1=min_top1))
     r = run(cfg)
     if as_json:
@@ -67,6 +71,11 @@ def quantize(bundle: str, to: str, block_size: int, accuracy_level: int | None, 
                                "seconds": r.seconds}))
         return
     click.echo(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB, parent {r.parent_size_bytes / 1e6:.1f} MB, {r.seconds:.1f}s)")
+    gguf = (r.manifest.get("quantization") or {}).get("gguf")
+    if gguf:
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(gguf["types"].items()))
+        rest = f"; {len(gguf['fallback'])} MatMuls not in the file: round-to-nearest" if gguf["fallback"] else ""
+        click.echo(f"weights from {gguf['file']}'s own blocks ({kinds}; layout {gguf['layout']}){rest}")
     g = r.gate
     if g.skipped:
         click.echo(f"quality gate skipped: {g.skipped}")

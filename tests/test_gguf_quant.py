@@ -1,0 +1,139 @@
+"""int4 from a GGUF's own blocks: decoding equals gguf-py bit for bit, weights are found by value
+through permutations and fusions, and the MatMulNBits rewrite computes the file's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+onnx = pytest.importorskip("onnx")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from ortrefine.export.gguf_blocks import DECODERS, decode  # noqa: E402
+from ortrefine.export.gguf_quant import RowIndex, rewrite_from_gguf  # noqa: E402
+
+QT = gguf.GGMLQuantizationType
+
+
+def _random_blocks(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Raw bytes of a `kind` tensor with random codes and finite half-precision fields."""
+    _, per_block, nbytes = DECODERS[kind]
+    raw = rng.integers(0, 256, size=(rows, cols // per_block, nbytes), dtype=np.uint8)
+    halves = {"Q4_K": [0, 2], "Q6_K": [208]}.get(kind, [])
+    for at in halves:  # d (and dmin): small positive halves
+        raw[..., at:at + 2] = rng.uniform(1e-3, 2e-2, size=raw.shape[:2]).astype(np.float16)[..., None].view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q8_0"])
+def test_decoding_equals_gguf_py_on_quantized_floats(kind):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 256)).astype(np.float32)
+    raw = gguf.quants.quantize(w, getattr(QT, kind))
+    b = decode(kind, raw)
+    ref = gguf.quants.dequantize(raw, getattr(QT, kind))
+    assert b.dequantize().shape == ref.shape == w.shape
+    assert np.array_equal(b.dequantize(), ref)
+    assert b.q.max() < (1 << b.bits)
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
+def test_decoding_equals_gguf_py_on_k_quant_bytes(kind):
+    rng = np.random.default_rng(2)
+    raw = _random_blocks(kind, 3, 512, rng)
+    b = decode(kind, raw)
+    assert np.array_equal(b.dequantize(), gguf.quants.dequantize(raw, getattr(QT, kind)))
+    assert b.block_size == (32 if kind == "Q4_K" else 16)
+
+
+def _write_gguf(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A GGUF file of quantized tensors; returns each tensor's dequantized (rows, K) floats."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    floats = {}
+    for name, (kind, x) in tensors.items():
+        raw = gguf.quants.quantize(x, getattr(QT, kind))
+        w.add_tensor(name, raw, raw_dtype=getattr(QT, kind))
+        floats[name] = gguf.quants.dequantize(raw, getattr(QT, kind))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return floats
+
+
+@pytest.fixture()
+def fused(tmp_path):
+    """A file with q (Q4_1), k (Q4_1), v (Q8_0) and an unrelated o; a graph with x @ [q_perm | k]ᵀ,
+    x @ vᵀ and a MatMul whose weight is not in the file."""
+    rng = np.random.default_rng(3)
+    K = 64
+    t = {"q": ("Q4_1", rng.standard_normal((48, K)).astype(np.float32)),
+         "k": ("Q4_1", rng.standard_normal((16, K)).astype(np.float32)),
+         "v": ("Q8_0", rng.standard_normal((16, K)).astype(np.float32))}
+    f = _write_gguf(tmp_path / "m.gguf", t)
+    perm = rng.permutation(48)
+    qk = np.concatenate([f["q"][perm], f["k"]]).T.copy()       # (K, 64): permuted rows, fused
+    stranger = rng.standard_normal((K, 8)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for n, a in (("qk", qk), ("vw", f["v"].T.copy()), ("sw", stranger))]
+    nodes = [helper.make_node("MatMul", ["x", "qk"], ["y_qk"], name="mm_qk"),
+             helper.make_node("MatMul", ["x", "vw"], ["y_v"], name="mm_v"),
+             helper.make_node("MatMul", ["x", "sw"], ["y_s"], name="mm_s")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y_qk", "y_v", "y_s")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return tmp_path / "m.gguf", model, {"qk": qk, "vw": f["v"].T, "sw": stranger}
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {"x": x})))
+
+
+def test_weights_are_found_by_value_through_permutation_and_fusion(fused):
+    path, _, weights = fused
+    index = RowIndex(path)
+    qk = index.find(weights["qk"].T.copy())
+    assert qk is not None and qk.gguf_type == "Q4_1" and np.array_equal(qk.dequantize(), weights["qk"].T)
+    assert index.find(weights["vw"].T.copy()).gguf_type == "Q8_0"
+    assert index.find(weights["sw"].T.copy()) is None
+    nudged = weights["qk"].T.copy()
+    nudged[3, 5] = np.nextafter(nudged[3, 5], np.float32(9))   # one ulp off: not the file's weight
+    assert index.find(nudged) is None
+
+
+def test_exact_layout_computes_the_files_model(fused):
+    path, model, w = fused
+    x = np.random.default_rng(4).standard_normal((2, 3, 64)).astype(np.float32)
+    report = rewrite_from_gguf(model, path, "exact", level=1)   # fp32 compute: only rounding differs
+    assert report.matched == {"mm_qk": "Q4_1", "mm_v": "Q8_0"} and report.fallback == ["mm_s"]
+    assert report.corrections == 1 and report.max_rounding == 0.0
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 2 and ops.count("MatMul") == 3    # stranger + the Q4_1 correction's two
+    assert {t.name for t in model.graph.initializer}.isdisjoint({"qk", "vw"})
+    got = _run(model, x)
+    for out, name in (("y_qk", "qk"), ("y_v", "vw"), ("y_s", "sw")):
+        np.testing.assert_allclose(got[out], x @ w[name], rtol=1e-4, atol=1e-4)
+
+
+def test_rounded_layout_has_no_correction_and_moves_the_weights(fused):
+    path, model, w = fused
+    x = np.random.default_rng(5).standard_normal((1, 4, 64)).astype(np.float32)
+    report = rewrite_from_gguf(model, path, "rounded", level=1)
+    assert report.corrections == 0 and report.max_rounding > 0
+    assert [n.op_type for n in model.graph.node].count("MatMul") == 1
+    got = _run(model, x)
+    np.testing.assert_allclose(got["y_v"], x @ w["vw"], rtol=1e-4, atol=1e-4)   # Q8_0 has no offset: exact
+    assert np.abs(got["y_qk"] - x @ w["qk"]).max() > 1e-3
+
+
+def test_unknown_layout_is_refused(fused):
+    path, model, _ = fused
+    with pytest.raises(ValueError, match="unknown GGUF layout"):
+        rewrite_from_gguf(model, path, "nearest")
