@@ -89,7 +89,7 @@ def cli() -> None:
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with torch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option("--graph", type=click.Choice(["auto", "fused", "optimum"]), default="auto", show_default=True,
-              help="fused: ortrefine's graph of ONNX Runtime contrib ops (llama models; faster); optimum: Optimum's export; "
+              help="fused: ortrefine's graph of ONNX Runtime contrib ops (llama and gemma3 families; faster); optimum: Optimum's export; "
                    "auto: fused where supported.")
 @click.option("--slim", is_flag=True, help="Clean Optimum's graph up with onnxslim (validated against the unslimmed one).")
 @verbose_option

@@ -1,320 +1,41 @@
-"""A fused decoder graph for llama-family models, written node by node from the torch weights.
+"""The names the fused graph had when it was llama-only, kept for their importers.
 
-Optimum's export of SmolLM2-135M runs 7,426 nodes per step (shape arithmetic, per-head reshapes,
-a decomposed RMSNorm and rotary); onnxruntime-genai's builder runs ~343 fused ones and decodes
-int4 twice as fast (FACTS.md). At 135 M parameters the per-node cost is a large share of a decode
-step once the weights are small, so this module writes the lean graph directly with ONNX Runtime's
-contrib ops:
-
-- ``SimplifiedLayerNormalization`` / ``SkipSimplifiedLayerNormalization`` (RMSNorm, and the
-  residual add fused into the next norm);
-- one packed q|k|v ``MatMul`` and one packed gate|up ``MatMul`` per layer (fewer, larger GEMMs;
-  still plain MatMuls with constant weights, so ``ortrefine quantize`` turns them into MatMulNBits);
-- ``GroupQueryAttention`` takes the packed q|k|v and applies the rotary itself (``do_rotary``) at the
-  explicit ``position_ids``: onnxruntime 1.32's CPU kernel rotates every token at its own position
-  id (left-padded rows and the refiner's mid-padded rows included — checked against torch and, KV
-  cache included, against Optimum's graph at export), so no Split and no RotaryEmbedding nodes
-  (SmolLM2: 353 nodes instead of 443 with them; decode +0–6 % in A/B runs, benchmarks/RESULTS.md);
-- ``GroupQueryAttention`` with the padding mask passed as ``attention_bias``: every row is given the
-  full length (``seqlens_k = T - 1``), and masked columns get −1e9. That keeps the exact semantics the
-  runtime relies on — left padding, and the refiner's mid-padded KV (prefix, masked gap, suffix).
-
-The bundle interface is unchanged (``input_ids``, ``attention_mask``, ``position_ids``,
-``past_key_values.{i}.key|value`` in BNSH → ``logits``, ``present.{i}.key|value``), so the runtime,
-quantizer and tests need nothing new. The graph is checked against Optimum's graph and against torch
-before it replaces Optimum's (``onnx_export.write_bundle``).
-
-Needs ``onnx`` and the torch model (export extra); imported inside the functions.
+The builder is decoder_graph.py and the families it writes are in families.py; these names build
+any supported family's graph. ``replace_with_fused`` looks ``build_llama_graph`` up in this module
+at call time, so replacing it here (tests break the graph on purpose) reaches the export.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ortrefine.export import decoder_graph
+from ortrefine.export.decoder_graph import (  # noqa: F401  (re-exported)
+    IR_VERSION,
+    KEEP_ALL,
+    LOGITS_TO_KEEP,
+    MASK_BIAS,
+    MS,
+    DecoderShape,
+    FusedGraphInfo,
+    rotary_caches,
+)
+from ortrefine.export.families import SUPPORTED  # noqa: F401  (re-exported)
 
-from ortrefine.errors import ExportError
-
-MS = "com.microsoft"
-MASK_BIAS = -1.0e9
-SUPPORTED = ("llama",)
-LOGITS_TO_KEEP = "logits_to_keep"
-IR_VERSION = 10
-KEEP_ALL = 1 << 62  # Slice clamps -KEEP_ALL to the first position
-
-
-@dataclass
-class LlamaShape:
-    """The numbers the graph needs from a transformers LlamaConfig."""
-
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    eps: float
-    max_positions: int
-
-    @classmethod
-    def from_config(cls, config: Any) -> "LlamaShape":
-        if config.model_type not in SUPPORTED:
-            raise ExportError(f"the fused graph supports {', '.join(SUPPORTED)} models, not {config.model_type!r}; "
-                              "export with --graph optimum")
-        if getattr(config, "hidden_act", "silu") != "silu":
-            raise ExportError(f"the fused graph supports the silu MLP only, not {config.hidden_act!r}; export with --graph optimum")
-        heads = int(config.num_attention_heads)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-        return cls(layers=int(config.num_hidden_layers), hidden=int(config.hidden_size), heads=heads,
-                   kv_heads=int(getattr(config, "num_key_value_heads", None) or heads), head_dim=head_dim,
-                   intermediate=int(config.intermediate_size), vocab=int(config.vocab_size), eps=float(config.rms_norm_eps),
-                   max_positions=int(config.max_position_embeddings))
-
-
-@dataclass
-class FusedGraphInfo:
-    """What was written: node count and op histogram (for the manifest), file bytes, seconds."""
-
-    nodes: int
-    ops: dict[str, int]
-    bytes: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tool": "ortrefine.llama_graph", "nodes_after": self.nodes, "ops_after": self.ops,
-                "bytes_after": self.bytes, "seconds": round(self.seconds, 2)}
-
-
-def rotary_caches(model: Any, shape: LlamaShape) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin tables (max_positions, rotary_dim / 2) computed the way transformers does it.
-
-    transformers multiplies float32 positions by its float32 ``inv_freq`` buffer (rope scaling is
-    already folded into it) and scales by ``attention_scaling``; doing the same float32 product keeps
-    the rounding at large positions identical.
-    """
-    rope = model.model.rotary_emb
-    inv_freq = rope.inv_freq.detach().float().cpu().numpy()
-    scaling = float(getattr(rope, "attention_scaling", 1.0))
-    freqs = np.arange(shape.max_positions, dtype=np.float32)[:, None] * inv_freq[None, :]
-    return (np.cos(freqs) * scaling).astype(np.float32), (np.sin(freqs) * scaling).astype(np.float32)
-
-
-class _Builder:
-    """Collects nodes and initializers; names every tensor once."""
-
-    def __init__(self) -> None:
-        self.nodes: list[Any] = []
-        self.inits: list[Any] = []
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs: Any) -> list[str]:
-        from onnx import helper
-
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
-        return outputs
-
-
-def _weight(t: Any) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
-
-
-def _linear(b: _Builder, x: str, name: str, weights: list[Any], biases: list[Any | None]) -> str:
-    """x @ [W1ᵀ | W2ᵀ | …] (+ bias): torch Linear weights are (out, in); the MatMul wants (in, out)."""
-    w = np.concatenate([_weight(t).T for t in weights], axis=1)
-    out = b.node("MatMul", [x, b.init(f"{name}.weight", w)], [f"{name}/out"], name)[0]
-    if any(bias is not None for bias in biases):
-        vec = np.concatenate([_weight(bb) if bb is not None else np.zeros(_weight(t).shape[0], np.float32)
-                              for t, bb in zip(weights, biases)])
-        out = b.node("Add", [out, b.init(f"{name}.bias", vec)], [f"{name}/biased"], f"{name}/bias")[0]
-    return out
-
-
-def _preamble(b: _Builder) -> tuple[str, str, str]:
-    """seqlens_k (B,) int32, total_sequence_length () int32 and the additive mask bias (B, 1, S, T).
-
-    The bias is (1 − mask) · MASK_BIAS: finite, so a row whose keys are all padding (a left pad's
-    own position) gets a uniform softmax instead of NaN, and exp(−1e9) is exactly 0 in fp32.
-    """
-    b.node("Shape", ["attention_mask"], ["mask_shape"], "mask_shape")
-    b.node("Shape", ["input_ids"], ["ids_shape"], "ids_shape")
-    b.init("i0", np.array([0], np.int64))
-    b.init("i1", np.array([1], np.int64))
-    b.node("Slice", ["mask_shape", "i1", "i1_end", "i0"], ["total_1d"], "total_1d")
-    b.init("i1_end", np.array([2], np.int64))
-    b.node("Slice", ["mask_shape", "i0", "i1", "i0"], ["batch_1d"], "batch_1d")
-    b.node("Slice", ["ids_shape", "i1", "i1_end", "i0"], ["seq_1d"], "seq_1d")
-    b.node("Sub", ["total_1d", "i1"], ["total_minus1_1d"], "total_minus1")
-    b.node("Expand", ["total_minus1_1d", "batch_1d"], ["seqlens_k64"], "seqlens_expand")
-    b.node("Cast", ["seqlens_k64"], ["seqlens_k"], "seqlens_cast", to=6)
-    b.node("Expand", ["seq_1d", "batch_1d"], ["query_seqlens64"], "query_seqlens_expand")
-    b.node("Cast", ["query_seqlens64"], ["query_seqlens"], "query_seqlens_cast", to=6)
-    b.node("Squeeze", ["total_1d", "i0"], ["total64"], "total_squeeze")
-    b.node("Cast", ["total64"], ["total_sequence_length"], "total_cast", to=6)
-    b.node("Cast", ["attention_mask"], ["mask_f"], "mask_cast", to=1)
-    b.init("one_f", np.array(1.0, np.float32))
-    b.init("mask_bias_f", np.array(MASK_BIAS, np.float32))
-    b.node("Sub", ["one_f", "mask_f"], ["mask_off"], "mask_off")
-    b.node("Mul", ["mask_off", "mask_bias_f"], ["mask_bias_bt"], "mask_bias")
-    b.init("axes_12", np.array([1, 2], np.int64))
-    b.node("Unsqueeze", ["mask_bias_bt", "axes_12"], ["mask_bias_b11t"], "mask_bias_unsqueeze")
-    b.node("Concat", ["batch_1d", "i1", "seq_1d", "total_1d"], ["bias_shape"], "bias_shape", axis=0)
-    b.node("Expand", ["mask_bias_b11t", "bias_shape"], ["attention_bias"], "bias_expand")
-    return "seqlens_k", "total_sequence_length", "attention_bias"
-
-
-def _attention(b: _Builder, s: LlamaShape, i: int, h: str, layer: Any, cos: str, sin: str, seqlens: str, total: str, bias: str) -> str:
-    """Packed q|k|v → GroupQueryAttention (rotary inside, at `position_ids`) → o_proj."""
-    attn = layer.self_attn
-    p = f"layers.{i}.attn"
-    qkv = _linear(b, h, f"{p}.qkv", [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight],
-                  [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    out = b.node("GroupQueryAttention",
-                 [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos, sin, "position_ids",
-                  bias, "", "", "", "", "", "query_seqlens"],
-                 [f"{p}/out", f"present.{i}.key", f"present.{i}.value"], f"{p}/gqa", MS,
-                 num_heads=s.heads, kv_num_heads=s.kv_heads, scale=float(s.head_dim ** -0.5), do_rotary=1, rotary_interleaved=0)[0]
-    return _linear(b, out, f"{p}.o", [attn.o_proj.weight], [attn.o_proj.bias])
-
-
-def _mlp(b: _Builder, s: LlamaShape, i: int, h: str, layer: Any) -> str:
-    mlp = layer.mlp
-    p = f"layers.{i}.mlp"
-    gu = _linear(b, h, f"{p}.gate_up", [mlp.gate_proj.weight, mlp.up_proj.weight], [mlp.gate_proj.bias, mlp.up_proj.bias])
-    split = b.init(f"{p}.split", np.array([s.intermediate, s.intermediate], np.int64))
-    g, u = b.node("Split", [gu, split], [f"{p}/gate", f"{p}/up"], f"{p}/split", axis=-1)
-    sig = b.node("Sigmoid", [g], [f"{p}/sigmoid"], f"{p}/sigmoid")[0]
-    act = b.node("Mul", [g, sig], [f"{p}/silu"], f"{p}/silu")[0]
-    prod = b.node("Mul", [act, u], [f"{p}/prod"], f"{p}/prod")[0]
-    return _linear(b, prod, f"{p}.down", [mlp.down_proj.weight], [mlp.down_proj.bias])
-
-
-def _norm(b: _Builder, s: LlamaShape, name: str, x: str, residual: str | None, weight: Any) -> tuple[str, str]:
-    """RMSNorm of x (+ residual): returns (normed, new residual)."""
-    gamma = b.init(f"{name}.weight", _weight(weight))
-    if residual is None:
-        return b.node("SimplifiedLayerNormalization", [x, gamma], [f"{name}/out"], name, axis=-1, epsilon=s.eps)[0], x
-    out = b.node("SkipSimplifiedLayerNormalization", [x, residual, gamma], [f"{name}/out", "", "", f"{name}/sum"], name, MS,
-                 epsilon=s.eps)
-    return out[0], out[3]
-
-
-def _keep_last_positions(b: _Builder, h: str) -> str:
-    """h[:, -logits_to_keep:] before the lm_head.
-
-    A prefix pass needs the logits of its last position only, yet the lm_head is a fifth of the
-    model's FLOPs per position. ``logits_to_keep`` is an input with a default (an initializer of
-    the same name: every position), so callers that do not know it get the full logits.
-    """
-    b.init(LOGITS_TO_KEEP, np.array([KEEP_ALL], np.int64))
-    b.init("keep_end", np.array([KEEP_ALL], np.int64))
-    b.node("Neg", [LOGITS_TO_KEEP], ["keep_start"], "keep_start")
-    return b.node("Slice", [h, "keep_start", "keep_end", "i1"], ["hidden_kept"], "keep_last")[0]
+LlamaShape = DecoderShape
 
 
 def build_llama_graph(model: Any, opset: int = 17) -> Any:
-    """The fused ModelProto of a transformers LlamaForCausalLM (weights as fp32 initializers)."""
-    from onnx import TensorProto, helper
-
-    s = LlamaShape.from_config(model.config)
-    b = _Builder()
-    cos_np, sin_np = rotary_caches(model, s)
-    cos, sin = b.init("rotary.cos", cos_np), b.init("rotary.sin", sin_np)
-    seqlens, total, bias = _preamble(b)
-    core = model.model
-    embed = _weight(core.embed_tokens.weight)
-    b.init("embed_tokens.weight", embed)
-    x = b.node("Gather", ["embed_tokens.weight", "input_ids"], ["embeds"], "embed", axis=0)[0]
-    h, residual = _norm(b, s, "layers.0.input_norm", x, None, core.layers[0].input_layernorm.weight)
-    for i, layer in enumerate(core.layers):
-        a = _attention(b, s, i, h, layer, cos, sin, seqlens, total, bias)
-        h, residual = _norm(b, s, f"layers.{i}.post_norm", a, residual, layer.post_attention_layernorm.weight)
-        m = _mlp(b, s, i, h, layer)
-        nxt = core.layers[i + 1].input_layernorm.weight if i + 1 < s.layers else core.norm.weight
-        h, residual = _norm(b, s, f"layers.{i + 1}.input_norm" if i + 1 < s.layers else "final_norm", m, residual, nxt)
-    h = _keep_last_positions(b, h)
-    head = model.lm_head.weight
-    if head.data_ptr() == core.embed_tokens.weight.data_ptr():
-        # tied: read the embedding transposed instead of storing a second copy (quantize unties it)
-        b.node("FusedMatMul", [h, "embed_tokens.weight"], ["logits"], "lm_head", MS, transB=1, alpha=1.0)
-    else:
-        b.node("MatMul", [h, b.init("lm_head.weight", _weight(head).T)], ["logits"], "lm_head")
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
-              helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
-              helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"]),
-              helper.make_tensor_value_info(LOGITS_TO_KEEP, i64, [1])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length", s.vocab])]
-    for i in range(s.layers):
-        for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32,
-                                                        ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]))
-            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32,
-                                                         ["batch_size", s.kv_heads, "total_sequence_length", s.head_dim]))
-    graph = helper.make_graph(b.nodes, "ortrefine_llama", inputs, outputs, b.inits)
-    # IR 10, not the onnx package's newest: older onnxruntime builds (onnxruntime-gpu tops out at
-    # 1.31 on this index, which reads IR ≤ 13) refuse newer IR versions outright
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)],
-                             producer_name="ortrefine", ir_version=IR_VERSION)
+    """The fused ModelProto of a supported causal LM (decoder_graph.build_decoder_graph)."""
+    return decoder_graph.build_decoder_graph(model, opset)
 
 
 def write_llama_graph(model: Any, path: Path) -> FusedGraphInfo:
-    """Build and save the fused graph (weights as external data)."""
-    from collections import Counter
-
-    from ortrefine.export.writer import save_with_external_data
-
-    t0 = time.perf_counter()
-    proto = build_llama_graph(model)
-    path = Path(path)
-    save_with_external_data(proto, path)
-    ops = dict(Counter(n.op_type for n in proto.graph.node))
-    data = path.with_name(path.name + "_data")
-    total = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-    return FusedGraphInfo(nodes=len(proto.graph.node), ops=ops, bytes=total, seconds=time.perf_counter() - t0)
+    """Build (through this module's ``build_llama_graph``) and save the fused graph."""
+    return decoder_graph.write_decoder_graph(model, path, lambda m: build_llama_graph(m))
 
 
 def replace_with_fused(model: Any, model_path: Path, atol: float, greedy_tokens: int = 8) -> dict[str, Any]:
-    """Write the fused graph over `model_path` (Optimum's) once it agrees with it; return the manifest entry.
-
-    Both graphs run the same seeded prompt pass, cached step, left-padded batch and greedy decode
-    (fuse.compare_graphs). On disagreement past `atol`, ValidationError and the Optimum graph stays.
-    """
-    import tempfile
-
-    from ortrefine.errors import ValidationError
-    from ortrefine.export.fuse import _Graph, compare_graphs, disagreements, install_staged
-
-    model_path = Path(model_path)
-    stage = Path(tempfile.mkdtemp(prefix=".fused-", dir=model_path.parent))
-    try:
-        staged = stage / model_path.name
-        info = write_llama_graph(model, staged)
-        shape = LlamaShape.from_config(model.config)
-        kv = (shape.kv_heads, shape.head_dim)
-        diff, kv_diff, same = compare_graphs(_Graph(str(model_path), kv), _Graph(str(staged), kv), shape.vocab, greedy_tokens)
-        problems = disagreements(diff, kv_diff, same, atol, greedy_tokens)
-        if problems:
-            raise ValidationError(f"the fused graph disagrees with Optimum's export: {'; '.join(problems)}; "
-                                  "the bundle was not written (export with --graph optimum)")
-        nodes_before = _node_count(model_path)
-        install_staged(stage, model_path)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return {**info.to_dict(), "nodes_before": nodes_before, "vs_optimum": {
-        "max_abs_diff": diff, "max_kv_diff": kv_diff, "greedy_tokens": greedy_tokens, "greedy_equal": same}}
-
-
-def _node_count(path: Path) -> int:
-    import onnx
-
-    return len(onnx.load(str(path), load_external_data=False).graph.node)
+    """decoder_graph.replace_with_fused, building through this module's ``build_llama_graph``."""
+    return decoder_graph.replace_with_fused(model, model_path, atol, greedy_tokens, build=lambda m: build_llama_graph(m))

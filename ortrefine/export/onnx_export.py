@@ -30,7 +30,8 @@ class ExportConfig:
     validate: compare with torch before writing (on failure: ValidationError, no bundle).
     overwrite: replace an existing bundle. progress: show a progress bar on stderr.
     graph: "fused" writes ortrefine's own graph of ONNX Runtime contrib ops (GroupQueryAttention,
-        rotary inside, SkipSimplifiedLayerNormalization; 353 nodes on SmolLM2, llama models only),
+        rotary inside, SkipSimplifiedLayerNormalization; 353 nodes on SmolLM2; the families in
+        export/families.py: llama, gemma3),
         checked against Optimum's export and torch; "optimum" keeps Optimum's graph (7,426 nodes);
         "auto" is fused where supported.
     slim: rewrite Optimum's graph with onnxslim (constant folding, dead nodes, fusions: 7,426 →
@@ -61,8 +62,8 @@ GRAPHS = ("auto", "fused", "optimum")
 
 
 def graph_kind(cfg: ExportConfig, config: Any) -> str:
-    """The graph to write: auto means fused for the architectures llama_graph supports (not with --slim)."""
-    from ortrefine.export.llama_graph import SUPPORTED
+    """The graph to write: auto means fused for the model types families.py knows (not with --slim)."""
+    from ortrefine.export.families import SUPPORTED
 
     if cfg.graph == "auto":
         return "fused" if config.model_type in SUPPORTED and not cfg.slim else "optimum"
