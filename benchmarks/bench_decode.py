@@ -92,15 +92,17 @@ for line in sys.stdin:
             model, ids, n = models[req["name"]], req["ids"], req["n"]
             t0 = time.perf_counter()
             params = og.GeneratorParams(model)
-            params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
+            # capacity: a KV cache at least this long (sliding-window models need one >= their window)
+            params.set_search_options(max_length=max(len(ids) + n, req.get("capacity", 0)), min_length=len(ids) + n,
+                                      do_sample=False)
             gen = og.Generator(model, params)
             gen.append_tokens(ids)           # prompt pass
             gen.generate_next_token()        # first token from its logits
             ttft = time.perf_counter() - t0
-            while not gen.is_done():
+            for _ in range(n - 1):
                 gen.generate_next_token()    # one-token pass, then pick
             seconds = time.perf_counter() - t0
-            out = {"ok": True, "ids": [int(t) for t in gen.get_sequence(0)][len(ids):], "ttft": ttft, "seconds": seconds}
+            out = {"ok": True, "ids": [int(t) for t in gen.get_sequence(0)][len(ids):len(ids) + n], "ttft": ttft, "seconds": seconds}
             del gen
         else:
             break
