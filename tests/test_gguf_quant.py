@@ -137,3 +137,30 @@ def test_unknown_layout_is_refused(fused):
     path, model, _ = fused
     with pytest.raises(ValueError, match="unknown GGUF layout"):
         rewrite_from_gguf(model, path, "nearest")
+
+
+def test_tied_embedding_and_head_share_one_8bit_table(tmp_path):
+    """Gather(E, ids) and a tied head x @ Eᵀ over a Q8_0 table: both read one initializer of codes."""
+    rng = np.random.default_rng(6)
+    V, K = 40, 64
+    f = _write_gguf(tmp_path / "e.gguf", {"token_embd": ("Q8_0", rng.standard_normal((V, K)).astype(np.float32))})
+    E = f["token_embd"]
+    inits = [numpy_helper.from_array(E, "E"), numpy_helper.from_array(E.T.copy(), "E_T")]
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embed", axis=0),
+             helper.make_node("MatMul", ["h", "E_T"], ["logits"], name="lm_head")]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h", "logits")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [ids], outs, inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    report = rewrite_from_gguf(model, tmp_path / "e.gguf", level=1)
+    assert report.gathers == {"embed": "lm_head"}
+    names = [t.name for t in model.graph.initializer]
+    assert "E" not in names and "E_T" not in names
+    big = [t for t in model.graph.initializer if np.prod(t.dims) >= V * K]
+    assert len(big) == 1 and big[0].data_type == TensorProto.UINT8     # one table of codes, shared
+    import onnxruntime as ort
+
+    x = np.array([[0, 7, 39]], np.int64)
+    h, logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": x})
+    assert np.array_equal(h, E[x])
+    np.testing.assert_allclose(logits, E[x] @ E.T, rtol=1e-4, atol=1e-4)

@@ -67,4 +67,6 @@ def test_int4_from_the_gguf_blocks_is_the_files_model(smollm2_bundle, tmp_path):
     assert q["algo"] == "gguf" and q["gguf"]["layout"] == "exact"
     assert q["gguf"]["types"] == {"Q4_1": 120, "Q8_0": 1} and q["gguf"]["fallback"] == []
     assert q["gguf"]["correction_matmuls"] == 120 and r.ops["MatMulNBits"] == 121
+    assert q["gguf"]["embedding_gathers"] == {"embed": "lm_head"} and r.ops["GatherBlockQuantized"] == 1
+    assert r.size_bytes < 0.25 * r.parent_size_bytes      # the embedding stored once, in 8 bits
     assert r.gate.mean_kl < 0.01 and r.gate.top1_agreement > 0.9 and r.gate.ppl_ratio < 1.02

@@ -48,12 +48,15 @@ class GGUFQuantReport:
     fallback: MatMul nodes whose weight was not found in the file (left for round-to-nearest).
     corrections: MatMuls given the block-sum correction (the exact layout of offset blocks).
     max_rounding: the largest |Δw| the rounded layout introduced (0 for exact).
+    gathers: embedding Gathers now reading 8-bit codes ({node: the MatMul whose codes they share,
+        or "" when they have their own}).
     """
 
     matched: dict[str, str] = field(default_factory=dict)
     fallback: list[str] = field(default_factory=list)
     corrections: int = 0
     max_rounding: float = 0.0
+    gathers: dict[str, str] = field(default_factory=dict)
 
     def types(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -125,6 +128,7 @@ class _Rewrite:
     inits: list[Any]
     correction: bool
     rounding: float
+    qweight: str
 
 
 def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: dict[str, Any]) -> _Rewrite:
@@ -153,7 +157,7 @@ def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: 
         nodes += [helper.make_node("MatMul", [node.input[0], sums], [f"{base}.block_sums"], name=f"{base}.block_sums"),
                   helper.make_node("MatMul", [f"{base}.block_sums", f"{base}.offsets"], [f"{base}.offset_term"], name=f"{base}.offset_term"),
                   helper.make_node("Add", [out, f"{base}.offset_term"], [node.output[0]], name=f"{base}.add_offsets")]
-    return _Rewrite(nodes, inits, low is not None, rounding)
+    return _Rewrite(nodes, inits, low is not None, rounding, inputs[1])
 
 
 def _offsets(blocks: Blocks, layout: str) -> tuple[np.ndarray | None, float]:
@@ -195,6 +199,7 @@ def rewrite_from_gguf(model: "onnx.ModelProto", gguf_path: Path, layout: str = "
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     report, shared = GGUFQuantReport(), {}
+    codes: dict[bytes, tuple[str, str]] = {}   # digest of an 8-bit B → (its initializer, its MatMul)
     for node in list(graph.node):
         if node.op_type != "MatMul" or node.input[1] not in inits:
             continue
@@ -214,8 +219,49 @@ def rewrite_from_gguf(model: "onnx.ModelProto", gguf_path: Path, layout: str = "
         report.matched[node.name] = blocks.gguf_type
         report.corrections += rw.correction
         report.max_rounding = max(report.max_rounding, rw.rounding)
+        if blocks.bits == 8 and blocks.low is None:
+            codes[_digest(blocks)] = (rw.qweight, node.name)
+    _quantize_gathers(graph, inits, index, codes, report)
     _drop_unread(graph)
     return report
+
+
+def _digest(blocks: Blocks) -> bytes:
+    return hashlib.blake2b(blocks.q.tobytes() + blocks.scale.tobytes(), digest_size=16).digest()
+
+
+def _quantize_gathers(graph: Any, inits: dict[str, Any], index: RowIndex, codes: dict[bytes, tuple[str, str]],
+                      report: GGUFQuantReport) -> None:
+    """Embedding Gathers over a table the file holds in 8-bit blocks (Q8_0, Q5_0, Q6_K) read the codes
+    through GatherBlockQuantized, which dequantizes exactly as MatMulNBits does. A tied head's
+    MatMulNBits holds the same codes in the same (rows, blocks, block) shape, so both read one
+    initializer: the embedding is stored once, in 8 bits."""
+    from onnx import helper, numpy_helper
+
+    ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input}
+    for node in list(graph.node):
+        if node.op_type != "Gather" or node.input[0] not in inits or ranks.get(node.input[1]) != 2:
+            continue
+        if any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        table = numpy_helper.to_array(inits[node.input[0]])
+        blocks = index.find(table) if table.ndim == 2 and table.dtype == np.float32 else None
+        if blocks is None or blocks.bits != 8 or blocks.low is not None:
+            continue
+        base = node.name or node.output[0]
+        qweight, head = codes.get(_digest(blocks), (f"{base}.qweight", ""))
+        new_inits = [] if head else [numpy_helper.from_array(np.ascontiguousarray(blocks.q), qweight)]
+        new_inits += [numpy_helper.from_array(blocks.scale[..., None].astype(np.float32), f"{base}.scales"),
+                      numpy_helper.from_array(np.array([0, 0, table.shape[1]], np.int64), f"{base}.shape")]
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(at, helper.make_node(
+            "GatherBlockQuantized", [qweight, node.input[1], f"{base}.scales"], [f"{base}.blocks"], name=f"{base}.gbq",
+            domain="com.microsoft", bits=8, block_size=blocks.block_size, gather_axis=0, quantize_axis=2))
+        graph.node.insert(at + 1, helper.make_node("Reshape", [f"{base}.blocks", f"{base}.shape"], list(node.output),
+                                                   name=f"{base}.rows"))
+        graph.initializer.extend(new_inits)
+        report.gathers[node.name] = head
 
 
 def _drop_unread(graph: Any) -> None:

@@ -130,5 +130,6 @@ def _from_gguf(model: "onnx.ModelProto", cfg: QuantizeConfig, parent: "LM") -> t
         log.info("%d MatMul weights are not in %s; round-to-nearest for those", len(report.fallback), path.name)
         model = _quantize_nodes(model, report.fallback, 4, 32, cfg.effective_accuracy_level)
     info = {"file": path.name, "layout": cfg.gguf_layout, "types": report.types(), "fallback": report.fallback,
-            "correction_matmuls": report.corrections, "max_rounding": report.max_rounding}
+            "correction_matmuls": report.corrections, "max_rounding": report.max_rounding,
+            "embedding_gathers": report.gathers}
     return model, info
