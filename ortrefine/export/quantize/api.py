@@ -179,7 +179,7 @@ def _require_onnx() -> None:
 
     missing = [m for m in ("onnx", "onnx_ir") if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingExtraError(f"quantizing needs {', '.join(missing)}, which is not installed; install the export extra: pip install 'ortrefine[export]'")
+        raise MissingExtraError(f"quantizing needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed; install the export extra: pip install 'ortrefine[export]'")
 
 
 def _opset(model_file: Path) -> int | None:

@@ -20,7 +20,7 @@ def require_export_extra() -> None:
     missing = [m for m in ("torch", "transformers", "optimum.exporters.onnx") if importlib.util.find_spec(m.split(".")[0]) is None]
     if missing:
         raise MissingExtraError(
-            f"exporting needs {', '.join(missing)}, which is not installed; install the export extra: pip install -e '.[export]'"
+            f"exporting needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed; install the export extra: pip install -e '.[export]'"
         )
 
 
