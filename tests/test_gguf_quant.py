@@ -164,3 +164,49 @@ def test_tied_embedding_and_head_share_one_8bit_table(tmp_path):
     h, logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": x})
     assert np.array_equal(h, E[x])
     np.testing.assert_allclose(logits, E[x] @ E.T, rtol=1e-4, atol=1e-4)
+
+
+def test_a_fallback_leaves_the_exact_corrections_alone(fused):
+    """Round-to-nearest of the weights the file lacks must touch those MatMuls only: ORT's
+    nodes_to_include adds to the MatMul op type instead of narrowing it."""
+    from ortrefine.export.quantize.methods import _quantize_nodes
+
+    path, model, w = fused
+    rewrite_from_gguf(model, path, "exact", level=1)
+    model = _quantize_nodes(model, ["mm_s"], 4, 32, 1)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 3 and ops.count("MatMul") == 2      # the Q4_1 correction stays float
+    x = np.random.default_rng(7).standard_normal((1, 2, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)["y_qk"], x @ w["qk"], rtol=1e-4, atol=1e-4)
+
+
+def test_rounded_layout_computes_the_rounded_weights_and_reports_the_move(fused):
+    path, model, w = fused
+    blocks = RowIndex(path).find(w["qk"].T.copy())
+    report = rewrite_from_gguf(model, path, "rounded", level=1)
+    zp = np.clip(np.rint(-blocks.low / blocks.scale), 0, 15)
+    rounded = (blocks.scale[..., None] * (blocks.q - zp[..., None])).reshape(blocks.q.shape[0], -1).T   # (K, N)
+    moved = np.abs(rounded - w["qk"]).max()
+    assert moved > 0 and abs(report.max_rounding - moved) < 1e-6
+    x = np.random.default_rng(8).standard_normal((1, 3, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)["y_qk"], x @ rounded, rtol=1e-4, atol=1e-4)
+
+
+def test_rounded_layout_keeps_constant_blocks(tmp_path):
+    """A Q4_1 block of one repeated value has d = 0: it must come out as that value, not as 0."""
+    rng = np.random.default_rng(9)
+    x32 = rng.standard_normal((8, 64)).astype(np.float32)
+    x32[:, :32] = 0.5                                        # the first block of every row is constant
+    f = _write_gguf(tmp_path / "c.gguf", {"w": ("Q4_1", x32)})
+    W = f["w"].T.copy()
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(W, "W")]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    with np.errstate(all="raise"):
+        report = rewrite_from_gguf(model, tmp_path / "c.gguf", "rounded", level=1)
+    assert np.isfinite(report.max_rounding)
+    x = np.ones((1, 1, 64), np.float32)
+    x[..., 32:] = 0                                          # read the constant blocks alone
+    np.testing.assert_allclose(_run(model, x)["y"], x @ W, rtol=1e-5, atol=1e-5)

@@ -68,14 +68,17 @@ def quantize(bundle: str, to: str, block_size: int, accuracy_level: int | None, 
     if as_json:
         click.echo(json.dumps({"path": str(r.path), "precision": to, "size_bytes": r.size_bytes,
                                "parent_size_bytes": r.parent_size_bytes, "ops": r.ops, "gate": r.gate.to_dict(),
-                               "seconds": r.seconds}))
+                               "seconds": r.seconds, "algo": (r.manifest.get("quantization") or {}).get("algo"),
+                               "gguf": (r.manifest.get("quantization") or {}).get("gguf")}))
         return
     click.echo(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB, parent {r.parent_size_bytes / 1e6:.1f} MB, {r.seconds:.1f}s)")
     gguf = (r.manifest.get("quantization") or {}).get("gguf")
     if gguf:
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(gguf["types"].items()))
-        rest = f"; {len(gguf['fallback'])} MatMuls not in the file: round-to-nearest" if gguf["fallback"] else ""
-        click.echo(f"weights from {gguf['file']}'s own blocks ({kinds}; layout {gguf['layout']}){rest}")
+        rest = f"; {len(gguf['fallback'])} MatMuls not taken from the file: round-to-nearest" if gguf["fallback"] else ""
+        moved = f", weights moved by up to {gguf['max_rounding']:.3g}" if gguf["max_rounding"] else ""
+        shared = "; embedding stored once, in 8 bits" if any(gguf.get("embedding_gathers", {}).values()) else ""
+        click.echo(f"weights from {gguf['file']}'s own blocks ({kinds}; layout {gguf['layout']}{moved}){shared}{rest}")
     g = r.gate
     if g.skipped:
         click.echo(f"quality gate skipped: {g.skipped}")

@@ -16,7 +16,8 @@ take only integer zero points:
   Σ_b (m_b + 8·d_b) · (Σ_{k∈b} x_k), is one small MatMul of x's block sums (x @ S, S the
   (K, K/32) 0/1 block matrix) by M (K/32, N). The weights are the file's to fp32 rounding.
 - rounded: the offset rounded to an integer zero point, clip(round(−m/d), 0, 15); no extra
-  MatMul, but each weight moves by up to d/2.
+  MatMul, but each weight moves by up to d/2, more where the zero point is clipped (the report's
+  max_rounding is the largest move).
 Blocks without an offset (Q4_0, Q5_0, Q8_0, Q6_K) are exact in every layout.
 """
 
@@ -143,7 +144,9 @@ def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: 
              numpy_helper.from_array(blocks.scale.reshape(-1).astype(np.float32), inputs[2])]
     low, rounding = _offsets(blocks, layout)
     if blocks.zero_point == 0 and layout == "rounded":
-        zp = np.clip(np.rint(-blocks.low / blocks.scale), 0, 15).astype(np.uint8)
+        codes, scale, zp = _rounded(blocks)
+        inits = [numpy_helper.from_array(_pack(codes, blocks.bits), inputs[1]),
+                 numpy_helper.from_array(scale.reshape(-1), inputs[2])]
         inputs.append(f"{base}.zero_points")
         inits.append(numpy_helper.from_array(_pack_zero_points(zp), inputs[3]))
     attrs = {"K": k, "N": n, "bits": blocks.bits, "block_size": bs}
@@ -167,9 +170,23 @@ def _offsets(blocks: Blocks, layout: str) -> tuple[np.ndarray | None, float]:
     if layout == "exact":
         # MatMulNBits subtracts its default zero point 8; add 8·d back with the offset
         return blocks.low + np.float32(8.0) * blocks.scale, 0.0
-    zp = np.clip(np.rint(-blocks.low / blocks.scale), 0, 15)
-    err = np.abs(blocks.low + zp * blocks.scale)
-    return None, float(err.max()) if err.size else 0.0
+    codes, scale, zp = _rounded(blocks)
+    moved = scale[..., None] * (codes.astype(np.float32) - zp[..., None]) - blocks.dequantize().reshape(codes.shape)
+    return None, float(np.abs(moved).max()) if moved.size else 0.0
+
+
+def _rounded(blocks: Blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, scale, integer zero points) of the rounded layout: w ≈ scale·(q − zp).
+
+    A block whose scale is 0 holds one value, its offset: it is written exactly as code 1, zero
+    point 0, scale = offset (rounding −m/0 would give ±inf or NaN and zero the block).
+    """
+    flat = blocks.scale == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zp = np.where(flat, 0.0, np.clip(np.rint(-blocks.low / np.where(flat, 1.0, blocks.scale)), 0, 15))
+    codes = np.where(flat[..., None], np.uint8(1), blocks.q).astype(np.uint8)
+    scale = np.where(flat, blocks.low, blocks.scale).astype(np.float32)
+    return codes, scale, zp.astype(np.uint8)
 
 
 def _block_sum_matrix(k: int, bs: int, shared: dict[str, Any], inits: list[Any]) -> str:
@@ -207,6 +224,7 @@ def rewrite_from_gguf(model: "onnx.ModelProto", gguf_path: Path, layout: str = "
         if w.ndim != 2 or w.dtype != np.float32:
             continue
         blocks = index.find(np.ascontiguousarray(w.T))
+        name = node.name or node.output[0]
         if blocks is None:
             report.fallback.append(node.name)
             continue
@@ -216,11 +234,11 @@ def rewrite_from_gguf(model: "onnx.ModelProto", gguf_path: Path, layout: str = "
         for j, new in enumerate(rw.nodes):
             graph.node.insert(at + j, new)
         graph.initializer.extend(rw.inits)
-        report.matched[node.name] = blocks.gguf_type
+        report.matched[name] = blocks.gguf_type
         report.corrections += rw.correction
         report.max_rounding = max(report.max_rounding, rw.rounding)
         if blocks.bits == 8 and blocks.low is None:
-            codes[_digest(blocks)] = (rw.qweight, node.name)
+            codes[_digest(blocks)] = (rw.qweight, name)
     _quantize_gathers(graph, inits, index, codes, report)
     _drop_unread(graph)
     return report
@@ -249,8 +267,9 @@ def _quantize_gathers(graph: Any, inits: dict[str, Any], index: RowIndex, codes:
         if blocks is None or blocks.bits != 8 or blocks.low is not None:
             continue
         base = node.name or node.output[0]
-        qweight, head = codes.get(_digest(blocks), (f"{base}.qweight", ""))
-        new_inits = [] if head else [numpy_helper.from_array(np.ascontiguousarray(blocks.q), qweight)]
+        shared = codes.get(_digest(blocks))
+        qweight, head = shared or (f"{base}.qweight", "")
+        new_inits = [] if shared else [numpy_helper.from_array(np.ascontiguousarray(blocks.q), qweight)]
         new_inits += [numpy_helper.from_array(blocks.scale[..., None].astype(np.float32), f"{base}.scales"),
                       numpy_helper.from_array(np.array([0, 0, table.shape[1]], np.int64), f"{base}.shape")]
         at = list(graph.node).index(node)
@@ -261,7 +280,7 @@ def _quantize_gathers(graph: Any, inits: dict[str, Any], index: RowIndex, codes:
         graph.node.insert(at + 1, helper.make_node("Reshape", [f"{base}.blocks", f"{base}.shape"], list(node.output),
                                                    name=f"{base}.rows"))
         graph.initializer.extend(new_inits)
-        report.gathers[node.name] = head
+        report.gathers[base] = head
 
 
 def _drop_unread(graph: Any) -> None:

@@ -70,7 +70,7 @@ def _quantize_graph(cfg: QuantizeConfig, parent: "LM", folder: Path) -> tuple[di
     untied = untie_lm_head(model) if cfg.quantize_embeddings or cfg.head_bits or cfg.algo == "gguf" else []
     gguf_info = None
     if cfg.algo == "gguf":
-        model, gguf_info = _from_gguf(model, cfg, parent)
+        model, gguf_info = _from_gguf(model, cfg, parent, [u["matmul"] for u in untied])
         save_model(model, folder)
     elif cfg.to == "int8-dynamic":
         _dynamic(model, cfg, folder)

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ortrefine.errors import ConfigError, MissingExtraError
+from ortrefine.errors import ConfigError, ExportError, MissingExtraError
 from ortrefine.export.quantize.config import GPTQ_REFUSAL, QuantizeConfig
 from ortrefine.export.quantize.ortlog import _nbits_module, quiet_ort_logging
 from ortrefine.export.quantize.graph import _embedding_gathers
@@ -65,12 +65,18 @@ def _weight_only(model: "onnx.ModelProto", cfg: QuantizeConfig, heads: list[str]
 
 def _quantize_nodes(model: "onnx.ModelProto", nodes: list[str], bits: int, block_size: int, level: int | None,
                     symmetric: bool = False) -> "onnx.ModelProto":
-    """Round-to-nearest MatMulNBits of just these MatMul nodes."""
+    """Round-to-nearest MatMulNBits of just these MatMul nodes.
+
+    ORT's `nodes_to_include` adds to `op_types_to_quantize` rather than narrowing it, so every
+    other MatMul (the GGUF path's exact block-sum corrections among them) is excluded by name.
+    """
     mnq = _nbits_module()
+    wanted = set(nodes)
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
     algo_config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, accuracy_level=level,
                                                    op_types_to_quantize=("MatMul",), bits=bits)
     quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=level,
-                                         nodes_to_include=list(nodes), algo_config=algo_config)
+                                         nodes_to_include=list(nodes), nodes_to_exclude=others, algo_config=algo_config)
     with quiet_ort_logging():
         quantizer.process()
     return quantizer.model.model
@@ -108,6 +114,21 @@ def gguf_source(bundle: Bundle) -> Path | None:
     return path if path.is_file() else None
 
 
+def has_blocks(path: Path) -> bool:
+    """The file holds tensors in a block type gguf_blocks decodes (an F16 or BF16 GGUF does not)."""
+    from ortrefine.export.gguf_blocks import DECODERS
+
+    try:
+        import gguf
+    except ImportError:
+        raise MissingExtraError("--algo gguf reads the file with the gguf package, which is not installed; "
+                                "install the export extra: pip install 'ortrefine[export]'") from None
+    try:
+        return any(t.tensor_type.name in DECODERS for t in gguf.GGUFReader(str(path)).tensors)
+    except (ValueError, OSError) as e:
+        raise ExportError(f"cannot read the GGUF file {path} ({e}); nothing was written (use --algo rtn)") from None
+
+
 def resolve_algo(cfg: QuantizeConfig, parent_bundle: Bundle) -> QuantizeConfig:
     """`auto` becomes gguf for a bundle whose GGUF source is at hand, else rtn; `gguf` needs that file."""
     if cfg.algo not in ("auto", "gguf"):
@@ -116,11 +137,20 @@ def resolve_algo(cfg: QuantizeConfig, parent_bundle: Bundle) -> QuantizeConfig:
     if path is None and cfg.algo == "gguf":
         raise ConfigError(f"--algo gguf: {parent_bundle.path} was not exported from a GGUF file that is still "
                           "on this machine (its manifest's source); use --algo rtn")
+    if path is not None and not has_blocks(path):
+        if cfg.algo == "gguf":
+            raise ConfigError(f"--algo gguf: {path.name} holds no quantized blocks ortrefine reads; use --algo rtn")
+        path = None
+    src = parent_bundle.manifest.get("source")
+    if path is None and isinstance(src, dict) and src.get("kind") == "gguf":
+        log.info("the GGUF source of %s is not on this machine: round-to-nearest int4", parent_bundle.path)
     return replace(cfg, algo="gguf" if path else "rtn")
 
 
-def _from_gguf(model: "onnx.ModelProto", cfg: QuantizeConfig, parent: "LM") -> tuple["onnx.ModelProto", dict[str, Any]]:
-    """int4 from the GGUF source's blocks; MatMuls the file does not hold go through rtn."""
+def _from_gguf(model: "onnx.ModelProto", cfg: QuantizeConfig, parent: "LM",
+               heads: list[str] | None = None) -> tuple["onnx.ModelProto", dict[str, Any]]:
+    """int4 from the GGUF source's blocks; MatMuls the file does not hold go through rtn, an
+    untied head at 8 bits (a 4-bit head costs more quality than the rest of int4 together)."""
     from ortrefine.export.gguf_quant import rewrite_from_gguf
 
     path = gguf_source(parent.bundle)
@@ -128,7 +158,10 @@ def _from_gguf(model: "onnx.ModelProto", cfg: QuantizeConfig, parent: "LM") -> t
     report = rewrite_from_gguf(model, path, cfg.gguf_layout, cfg.effective_accuracy_level)
     if report.fallback:
         log.info("%d MatMul weights are not in %s; round-to-nearest for those", len(report.fallback), path.name)
-        model = _quantize_nodes(model, report.fallback, 4, 32, cfg.effective_accuracy_level)
+        head_set = set(heads or [])
+        for bits, names in ((8, [n for n in report.fallback if n in head_set]), (4, [n for n in report.fallback if n not in head_set])):
+            if names:
+                model = _quantize_nodes(model, names, bits, 32, cfg.effective_accuracy_level)
     info = {"file": path.name, "layout": cfg.gguf_layout, "types": report.types(), "fallback": report.fallback,
             "correction_matmuls": report.corrections, "max_rounding": report.max_rounding,
             "embedding_gathers": report.gathers}
