@@ -210,3 +210,25 @@ def test_rounded_layout_keeps_constant_blocks(tmp_path):
     x = np.ones((1, 1, 64), np.float32)
     x[..., 32:] = 0                                          # read the constant blocks alone
     np.testing.assert_allclose(_run(model, x)["y"], x @ W, rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_weight_of_two_layouts_becomes_two_matmulnbits_and_a_concat(tmp_path):
+    """q and k in Q4_1 with v in Q8_0 (as Q4_K_M files mix them): one 4-bit and one 8-bit
+    MatMulNBits joined by a Concat, not a fallback to round-to-nearest."""
+    rng = np.random.default_rng(10)
+    K = 64
+    f = _write_gguf(tmp_path / "m.gguf", {"q": ("Q4_1", rng.standard_normal((32, K)).astype(np.float32)),
+                                          "k": ("Q4_1", rng.standard_normal((16, K)).astype(np.float32)),
+                                          "v": ("Q8_0", rng.standard_normal((16, K)).astype(np.float32))})
+    qkv = np.concatenate([f["q"], f["k"], f["v"]]).T.copy()
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="qkv")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(qkv, "W")]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    report = rewrite_from_gguf(model, tmp_path / "m.gguf", "exact", level=1)
+    assert report.fallback == [] and report.matched == {"qkv": "Q4_1|Q8_0"}
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 2 and ops.count("Concat") == 1
+    x = rng.standard_normal((2, 3, K)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)["y"], x @ qkv, rtol=1e-4, atol=1e-4)

@@ -84,16 +84,30 @@ class RowIndex:
                 self._where.setdefault(key, (name, row))
 
     def find(self, rows: np.ndarray) -> Blocks | None:
-        """Blocks whose dequantization equals `rows` (N, K) float32 exactly, or None."""
+        """Blocks whose dequantization equals `rows` (N, K) float32 exactly, or None (also when the
+        rows come from tensors of layouts one MatMulNBits cannot hold together: see find_groups)."""
+        groups = self.find_groups(rows)
+        return groups[0] if groups is not None and len(groups) == 1 else None
+
+    def find_groups(self, rows: np.ndarray) -> list[Blocks] | None:
+        """`rows` (N, K) as consecutive groups of rows, each of one MatMulNBits layout (a fused
+        q|k|v whose v has more bits than q and k is two groups), or None when any row is not
+        the file's exactly."""
         hits = [self._where.get(k) for k in _row_keys(rows)]
         if any(h is None for h in hits):
             return None
-        parts = [self.tensors[name].take(np.asarray(idx)) for name, idx in _runs(hits)]
-        try:
-            blocks = concat(parts) if len(parts) > 1 else parts[0]
-        except ValueError:
-            return None
-        return blocks if np.array_equal(blocks.dequantize(), rows) else None
+        groups: list[list[Blocks]] = []
+        for name, idx in _runs(hits):
+            part = self.tensors[name].take(np.asarray(idx))
+            last = groups[-1][-1] if groups else None
+            same = last is not None and (last.bits, last.block_size, last.zero_point) == (part.bits, part.block_size, part.zero_point)
+            if same:
+                groups[-1].append(part)
+            else:
+                groups.append([part])
+        merged = [concat(g) if len(g) > 1 else g[0] for g in groups]
+        got = np.concatenate([b.dequantize() for b in merged])
+        return merged if np.array_equal(got, rows) else None
 
 
 def _runs(hits: Iterable[tuple[str, int] | None]) -> list[tuple[str, list[int]]]:
@@ -132,13 +146,16 @@ class _Rewrite:
     qweight: str
 
 
-def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: dict[str, Any]) -> _Rewrite:
-    """MatMulNBits for `node` (x @ W, W (K, N)) from `blocks` (N rows of K)."""
+def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: dict[str, Any],
+             output: str | None = None, part: str = "") -> _Rewrite:
+    """MatMulNBits for `node` (x @ W, W (K, N)) from `blocks` (N rows of K), writing `output`
+    (default the node's own); `part` tells the pieces of a split weight apart."""
     from onnx import helper, numpy_helper
 
     n, nb, bs = blocks.q.shape
     k = nb * bs
-    base = node.name or node.output[0]
+    base = (node.name or node.output[0]) + part
+    output = output or node.output[0]
     inputs = [node.input[0], f"{base}.qweight", f"{base}.scales"]
     inits = [numpy_helper.from_array(_pack(blocks.q, blocks.bits), inputs[1]),
              numpy_helper.from_array(blocks.scale.reshape(-1).astype(np.float32), inputs[2])]
@@ -152,14 +169,14 @@ def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: 
     attrs = {"K": k, "N": n, "bits": blocks.bits, "block_size": bs}
     if level is not None:
         attrs["accuracy_level"] = level
-    out = node.output[0] if low is None else f"{base}.nbits"
+    out = output if low is None else f"{base}.nbits"
     nodes = [helper.make_node("MatMulNBits", inputs, [out], name=f"{base}.MatMulNBits", domain="com.microsoft", **attrs)]
     if low is not None:
         sums = _block_sum_matrix(k, bs, shared, inits)
         inits.append(numpy_helper.from_array(np.ascontiguousarray(low.T, dtype=np.float32), f"{base}.offsets"))
         nodes += [helper.make_node("MatMul", [node.input[0], sums], [f"{base}.block_sums"], name=f"{base}.block_sums"),
                   helper.make_node("MatMul", [f"{base}.block_sums", f"{base}.offsets"], [f"{base}.offset_term"], name=f"{base}.offset_term"),
-                  helper.make_node("Add", [out, f"{base}.offset_term"], [node.output[0]], name=f"{base}.add_offsets")]
+                  helper.make_node("Add", [out, f"{base}.offset_term"], [output], name=f"{base}.add_offsets")]
     return _Rewrite(nodes, inits, low is not None, rounding, inputs[1])
 
 
@@ -223,25 +240,44 @@ def rewrite_from_gguf(model: "onnx.ModelProto", gguf_path: Path, layout: str = "
         w = numpy_helper.to_array(inits[node.input[1]])
         if w.ndim != 2 or w.dtype != np.float32:
             continue
-        blocks = index.find(np.ascontiguousarray(w.T))
+        groups = index.find_groups(np.ascontiguousarray(w.T))
         name = node.name or node.output[0]
-        if blocks is None:
+        if groups is None:
             report.fallback.append(node.name)
             continue
-        rw = _rewrite(node, blocks, layout, level, shared)
+        nodes, new_inits = _replace(node, groups, layout, level, shared, report)
         at = list(graph.node).index(node)
         graph.node.remove(node)
-        for j, new in enumerate(rw.nodes):
+        for j, new in enumerate(nodes):
             graph.node.insert(at + j, new)
-        graph.initializer.extend(rw.inits)
-        report.matched[name] = blocks.gguf_type
-        report.corrections += rw.correction
-        report.max_rounding = max(report.max_rounding, rw.rounding)
-        if blocks.bits == 8 and blocks.low is None:
-            codes[_digest(blocks)] = (rw.qweight, name)
+        graph.initializer.extend(new_inits)
+        report.matched[name] = "|".join(b.gguf_type for b in groups)
+        if len(groups) == 1 and groups[0].bits == 8 and groups[0].low is None:
+            codes[_digest(groups[0])] = (f"{name}.qweight", name)
     _quantize_gathers(graph, inits, index, codes, report)
     _drop_unread(graph)
     return report
+
+
+def _replace(node: Any, groups: list[Blocks], layout: str, level: int | None, shared: dict[str, Any],
+             report: GGUFQuantReport) -> tuple[list[Any], list[Any]]:
+    """The nodes and initializers for one MatMul: one MatMulNBits per layout group, joined along
+    the output features by a Concat when there is more than one."""
+    from onnx import helper
+
+    parts = [""] if len(groups) == 1 else [f".part{j}" for j in range(len(groups))]
+    base = node.name or node.output[0]
+    outputs = [node.output[0]] if len(groups) == 1 else [f"{base}{p}/out" for p in parts]
+    nodes, inits = [], []
+    for blocks, part, out in zip(groups, parts, outputs):
+        rw = _rewrite(node, blocks, layout, level, shared, out, part)
+        nodes += rw.nodes
+        inits += rw.inits
+        report.corrections += rw.correction
+        report.max_rounding = max(report.max_rounding, rw.rounding)
+    if len(groups) > 1:
+        nodes.append(helper.make_node("Concat", outputs, [node.output[0]], name=f"{base}.concat", axis=-1))
+    return nodes, inits
 
 
 def _digest(blocks: Blocks) -> bytes:
