@@ -94,7 +94,7 @@ class LM:
         if missing:
             raise BundleError(f"{self.bundle.model_file}: graph lacks outputs {missing}")
         self.has_position_ids = "position_ids" in inputs
-        # the fused graph's (export/llama_graph.py); an input with a default is an overridable initializer
+        # the fused graph's (export/decoder_graph.py); an input with a default is an overridable initializer
         self.has_logits_to_keep = any(i.name == "logits_to_keep" for i in self.session.get_overridable_initializers())
         self.input_dtypes = {n: ORT_DTYPES.get(i.type, np.float32) for n, i in inputs.items()}
         first = inputs[self.past_names[0]]

@@ -28,7 +28,7 @@ def untie_lm_head(model: "onnx.ModelProto") -> list[dict[str, Any]]:
     """Make every MatMul weight computed as Transpose(initializer) a constant initializer of its own.
 
     The tied lm_head of Optimum's export is `MatMul(hidden, Transpose(embed_tokens.weight))`; the
-    fused graph's (llama_graph.py) is `FusedMatMul(hidden, embed_tokens.weight, transB=1)`. The
+    fused graph's (decoder_graph.py) is `FusedMatMul(hidden, embed_tokens.weight, transB=1)`. The
     transposed copy is stored (exactly: a copy, no arithmetic) and the Transpose dropped when
     nothing else reads it. Returns what was untied: [{matmul, weight, shape}].
     """
