@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -62,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MODELS, goals_section, markdown_table, median, publish, Run, spread, verdict
+from common import MODELS, VenvWorker, goals_section, markdown_table, median, publish, Run, spread, verdict
 
 import ortrefine
 from ortrefine.bench import DECODE_PROMPT, DecodeRun, decode_fixed, memory_bandwidth, weight_bytes
@@ -221,32 +220,11 @@ class OptimumContender(Contender):
         return hf_generate(self.model, ids, n, self.pad_id)
 
 
-class GenaiWorker:
+class GenaiWorker(VenvWorker):
     """A process in the genai venv that loads models once and decodes on request."""
 
     def __init__(self, venv: Path) -> None:
-        python = venv / "bin" / "python"
-        if not python.exists():
-            raise RuntimeError(f"no venv at {venv} (see this script's docstring for the setup)")
-        self.proc = subprocess.Popen([str(python), "-c", GENAI_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-
-    def ask(self, **req) -> dict:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the genai worker died: " + self.proc.stderr.read()[-2000:])
-        out = json.loads(line)
-        if not out.get("ok"):
-            raise RuntimeError(out.get("error", "unknown error"))
-        return out
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self.proc.stdin.flush()
-            self.proc.wait(timeout=30)
+        super().__init__(venv, GENAI_WORKER, "genai")
 
 
 class GenaiContender(Contender):

@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from common import DEV_PROMPTS, MODELS, ROOT, Run, markdown_table, median, publish, spread
+from common import DEV_PROMPTS, MODELS, ROOT, Run, VenvWorker, markdown_table, median, publish, spread
 
 import ortrefine
 from ortrefine.bench import DECODE_PROMPT, DecodeRun, decode_fixed
@@ -86,27 +85,12 @@ for line in sys.stdin:
 '''
 
 
-class LlamaCpp:
+class LlamaCpp(VenvWorker):
     """llama-cpp-python in its own venv, asked over a pipe (so it never shares this process's threads)."""
 
     def __init__(self, venv: Path, gguf: Path, threads: int) -> None:
-        python = venv / "bin" / "python"
-        if not python.exists():
-            raise RuntimeError(f"no venv at {venv} (see this script's docstring)")
-        self.proc = subprocess.Popen([str(python), "-c", LLAMACPP_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        super().__init__(venv, LLAMACPP_WORKER, "llama.cpp")
         self.version = self.ask(op="load", path=str(gguf), threads=threads)["version"]
-
-    def ask(self, **req) -> dict:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the llama.cpp worker died: " + self.proc.stderr.read()[-2000:])
-        out = json.loads(line)
-        if not out.get("ok"):
-            raise RuntimeError(out.get("error", "unknown error"))
-        return out
 
     def decode(self, ids: list[int], n: int) -> DecodeRun:
         out = self.ask(op="decode", ids=list(ids), n=n)
@@ -118,12 +102,6 @@ class LlamaCpp:
             out = Path(tmp) / "logits.npy"
             self.ask(op="logits", ids=list(ids), out=str(out))
             return np.load(out)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self.proc.stdin.flush()
-            self.proc.wait(timeout=30)
 
 
 @dataclass

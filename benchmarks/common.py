@@ -154,3 +154,45 @@ def bundle(name: str) -> Path:
     """A bundle by folder or by name under models/."""
     p = Path(name)
     return p if p.exists() else MODELS / name
+
+
+class VenvWorker:
+    """A peer's Python process in its own venv, asked over a pipe, one JSON line each way: the peer
+    keeps its own libraries (another transformers, llama.cpp) and never shares this process's
+    threads, yet takes turns with the other contenders.
+
+    script: the worker's source; it answers each request with {"ok": true, ...} or
+    {"ok": false, "error": "..."} and exits on {"op": "quit"}. what: its name in errors.
+    """
+
+    def __init__(self, venv: Path, script: str, what: str) -> None:
+        import subprocess
+
+        python = venv / "bin" / "python"
+        if not python.exists():
+            raise RuntimeError(f"no venv at {venv} (see this script's docstring for the setup)")
+        self.what = what
+        self.proc = subprocess.Popen([str(python), "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(self, **req) -> dict:
+        import json
+
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.what} worker died: " + self.proc.stderr.read()[-2000:])
+        out = json.loads(line)
+        if not out.get("ok"):
+            raise RuntimeError(out.get("error", "unknown error"))
+        return out
+
+    def close(self) -> None:
+        import json
+
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=30)
+

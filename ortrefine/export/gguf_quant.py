@@ -156,16 +156,15 @@ def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: 
     k = nb * bs
     base = (node.name or node.output[0]) + part
     output = output or node.output[0]
+    rounded = _rounded(blocks) if blocks.zero_point == 0 and layout == "rounded" else None
+    codes, scale = (rounded[0], rounded[1]) if rounded else (blocks.q, blocks.scale)
     inputs = [node.input[0], f"{base}.qweight", f"{base}.scales"]
-    inits = [numpy_helper.from_array(_pack(blocks.q, blocks.bits), inputs[1]),
-             numpy_helper.from_array(blocks.scale.reshape(-1).astype(np.float32), inputs[2])]
-    low, rounding = _offsets(blocks, layout)
-    if blocks.zero_point == 0 and layout == "rounded":
-        codes, scale, zp = _rounded(blocks)
-        inits = [numpy_helper.from_array(_pack(codes, blocks.bits), inputs[1]),
-                 numpy_helper.from_array(scale.reshape(-1), inputs[2])]
+    inits = [numpy_helper.from_array(_pack(codes, blocks.bits), inputs[1]),
+             numpy_helper.from_array(scale.reshape(-1).astype(np.float32), inputs[2])]
+    if rounded:
         inputs.append(f"{base}.zero_points")
-        inits.append(numpy_helper.from_array(_pack_zero_points(zp), inputs[3]))
+        inits.append(numpy_helper.from_array(_pack_zero_points(rounded[2]), inputs[3]))
+    low, rounding = _offsets(blocks, rounded)
     attrs = {"K": k, "N": n, "bits": blocks.bits, "block_size": bs}
     if level is not None:
         attrs["accuracy_level"] = level
@@ -180,14 +179,15 @@ def _rewrite(node: Any, blocks: Blocks, layout: str, level: int | None, shared: 
     return _Rewrite(nodes, inits, low is not None, rounding, inputs[1])
 
 
-def _offsets(blocks: Blocks, layout: str) -> tuple[np.ndarray | None, float]:
-    """(the per-block offsets the correction MatMul adds (N, blocks) float32, or None; max |Δw|)."""
+def _offsets(blocks: Blocks, rounded: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray | None, float]:
+    """(the per-block offsets the correction MatMul adds (N, blocks) float32, or None; max |Δw|).
+    `rounded` is the rounded layout's (codes, scale, zero points), None for the exact one."""
     if blocks.zero_point != 0:
         return None, 0.0
-    if layout == "exact":
+    if rounded is None:
         # MatMulNBits subtracts its default zero point 8; add 8·d back with the offset
         return blocks.low + np.float32(8.0) * blocks.scale, 0.0
-    codes, scale, zp = _rounded(blocks)
+    codes, scale, zp = rounded
     moved = scale[..., None] * (codes.astype(np.float32) - zp[..., None]) - blocks.dequantize().reshape(codes.shape)
     return None, float(np.abs(moved).max()) if moved.size else 0.0
 

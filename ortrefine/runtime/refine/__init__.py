@@ -15,7 +15,7 @@ Pruning is exact: LM terms only fall as tokens are added, so a candidate whose u
 (`Objective.upper_bound`) drops to the incumbent's J or below is dropped before it is finished.
 
 Modules, each importing only those above it: orders (visit orders), config (RefineConfig),
-result (what a run returns), state (the incumbent), proposals (candidate edits), scorer
+result (what a run returns), state (the incumbent), proposals (candidate edits), rows (the scorer's batch state), scorer
 (batched candidate scoring), relax_sweep (the gradient optimizer's sweep), loop (_Refiner: set-up
 and the sweep loop), api (refine, evaluate_objective). Callers import everything from here.
 """
