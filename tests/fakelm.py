@@ -66,7 +66,7 @@ class FakeLM(LM):
         T = past.length + S
         mask = np.ones((B, T), dtype=np.int64) if attention_mask is None else np.asarray(attention_mask)
         cache = np.concatenate([past.arrays[0][:, 0, :, 0], input_ids.astype(np.float32)], axis=1)  # (B, T)
-        logits = np.zeros((B, S, len(CHARS)), dtype=np.float32)
+        logits = np.zeros((B, S, self.vocab_size), dtype=np.float32)
         for b in range(B):
             for s in range(S):
                 t = past.length + s

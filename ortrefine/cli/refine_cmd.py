@@ -157,6 +157,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="For --order random and --initial-strategy sample.")
 @click.option("--budget-seconds", type=FiniteFloat(), default=None, help="Stop once this much wall time is spent (seconds > 0).")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Stop once this many tokens were scored.")
+@click.option("--no-guide", is_flag=True, help="With --keywords: decode Y⁰ and every regenerated suffix greedily, not steered toward the missing keywords.")
 @click.option("--no-prune", is_flag=True, help="Score every candidate to the end (for measuring what pruning saves).")
 @click.option("--initial", default=None, type=Text(), help="Refine this text instead of decoding Y⁰.")
 @click.option("--initial-strategy", type=LibraryChoice(strategies), default="greedy", show_default=True)
@@ -164,7 +165,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.pass_context
 @domain_errors
 def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None,
-           keywords: str | None, edits: str, initial_strategy: str, no_prune: bool, relax_steps: int, relax_lr: float,
+           keywords: str | None, edits: str, initial_strategy: str, no_prune: bool, no_guide: bool, relax_steps: int, relax_lr: float,
            relax_method: str, **kw: Any) -> None:
     """Decode PROMPT's output, then improve it against the objective (PROMPT `-`: read it from standard input)."""
     from ortrefine.runtime.decoding import GenerationConfig
@@ -176,7 +177,7 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
     cfg = RefineConfig(
         objectives=objectives, keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
-        prune=not no_prune, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
+        prune=not no_prune, guide=False if no_guide else None, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
     )
     lm = load_lm(model, provider, threads)
     if cfg.top_k is None:

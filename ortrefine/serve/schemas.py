@@ -306,7 +306,7 @@ REFINE_FIELDS = {
     "tol": ("float", "tol"), "seed": ("int", "seed"), "budget_seconds": ("float", "budget_seconds"),
     "budget_tokens": ("int", "budget_tokens"), "prune": ("bool", "prune"), "draft": ("int", "draft"), "screen": ("int", "screen"),
     "screen_keep": ("int", "screen_keep"), "max_tokens": ("int", "max_new_tokens"), "max_new_tokens": ("int", "max_new_tokens"),
-    "system": ("str", "system"), "initial_strategy": ("str", "initial_strategy"),
+    "system": ("str", "system"), "initial_strategy": ("str", "initial_strategy"), "guide": ("bool", "guide"),
 }
 MAX_REFINE_TOP_K = 64
 MAX_REFINE_SWEEPS = 16

@@ -10,6 +10,7 @@ import numpy as np
 
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.decoding import GenerationConfig
+from ortrefine.runtime.guide import GuideConfig
 from ortrefine.runtime.objectives import ObjectiveSpec
 from ortrefine.runtime.refine.orders import ORDERS
 from ortrefine.runtime.relax import RelaxConfig
@@ -82,7 +83,10 @@ class RefineConfig:
     max_new_tokens: length cap of Y⁰ and of every candidate.
     chat / system: wrap the prompt in the chat template.
     initial: refine this text instead of decoding Y⁰.
-    initial_strategy: how Y⁰ is decoded (default greedy).
+    initial_strategy: how Y⁰ is decoded (default greedy; with a guide, greedy is guided).
+    guide: keyword-guided decoding of Y⁰ and of every regenerated suffix (runtime/guide.py):
+        None turns it on when keywords are given (regenerate mode), False turns it off, a
+        GuideConfig sets its strengths. J is unchanged: the guide only picks tokens.
     """
 
     objectives: list[ObjectiveSpec | str] | None = None
@@ -113,6 +117,7 @@ class RefineConfig:
     system: str | None = None
     initial: str | None = None
     initial_strategy: GenerationConfig | None = None
+    guide: GuideConfig | bool | None = None
 
     def __post_init__(self) -> None:
         self.mode = str(self.mode).lower()
@@ -125,6 +130,7 @@ class RefineConfig:
         self._check_choices()
         self._check_numbers()
         self._check_inputs()
+        self.guide = self._resolved_guide()
         if self.objectives is None:
             self.objectives = list(KEYWORD_OBJECTIVES if self.keywords else DEFAULT_OBJECTIVES)
         self.objectives = self._with_task_terms(list(self.objectives))
@@ -175,6 +181,24 @@ class RefineConfig:
             raise ConfigError("keywords must be strings")
         if self.initial is not None and not self.initial.strip():
             raise ConfigError("--initial text is empty; give the output to refine, or drop --initial")
+
+    def _resolved_guide(self) -> GuideConfig | None:
+        """The guide to decode with, or None. It steers toward keywords, so it needs some; keep
+        mode never decodes a suffix, so it has nothing to steer there."""
+        g = self.guide
+        if isinstance(g, dict):
+            g = GuideConfig(**g)
+        if g is None:
+            return GuideConfig() if self.keywords and self.mode == "regenerate" else None
+        if g is False:
+            return None
+        if g is True:
+            g = GuideConfig()
+        if not isinstance(g, GuideConfig):
+            raise ConfigError(f"guide must be a GuideConfig, true or false, got {g!r}")
+        if not self.keywords:
+            raise ConfigError("the keyword guide needs keywords (--keywords a,b,c)")
+        return g
 
     def _with_task_terms(self, objectives: list[ObjectiveSpec | str]) -> list[ObjectiveSpec | str]:
         names = {_term_name(o) for o in objectives}

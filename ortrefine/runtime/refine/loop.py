@@ -15,6 +15,7 @@ import numpy as np
 
 from ortrefine.errors import ConfigError, PromptError
 from ortrefine.runtime.decoding import GenerationConfig, generate
+from ortrefine.runtime.guide import Guide, guided_decode
 from ortrefine.runtime.logprobs import gather_logprobs
 from ortrefine.runtime.objectives import Batch, Context, Objective
 from ortrefine.runtime.refine.orders import ORDERS
@@ -37,6 +38,8 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         self.cost = Cost()
         self.rng = np.random.default_rng(cfg.seed)
         self.eos = set(lm.eos_ids)
+        # regenerated suffixes (and Y⁰, unless given) follow the keyword guide: runtime/guide.py
+        self.guide = Guide(lm.tokenizer, lm.eos_ids, cfg.keywords, cfg.guide) if cfg.guide is not None else None
         self.grad_model = None
         if cfg.proposal != "topk" or cfg.optimizer == "gradient":
             from ortrefine.runtime.gradient import GradientModel
@@ -54,6 +57,8 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
             if len(ids) > cfg.max_new_tokens:
                 raise ConfigError(f"--initial is {len(ids)} tokens, more than --max-new-tokens {cfg.max_new_tokens}; raise it")
             return ids
+        if self.guide is not None and (cfg.initial_strategy is None or cfg.initial_strategy.strategy == "greedy"):
+            return guided_decode(self.lm, prompt_ids, self.guide, cfg.max_new_tokens)[0]
         gen = cfg.initial_strategy or GenerationConfig(max_new_tokens=cfg.max_new_tokens)
         if gen.max_new_tokens != cfg.max_new_tokens:
             gen = replace(gen, max_new_tokens=cfg.max_new_tokens)
@@ -94,16 +99,23 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         lp = gather_logprobs(dist[: len(ids)], np.array(ids)).astype(np.float64)
         ref_lp = self._ref_lp(dist[: len(ids)], 0) if self.use_ref else None
         J, parts = self.judge([ids], [lp], [ref_lp] if ref_lp is not None else None)
-        greedy = np.argmax(dist[: len(ids)], axis=-1) == np.array(ids)
+        greedy = self._own_choices(ids, dist)
         g = len(ids)
         while g > 0 and greedy[g - 1]:
             g -= 1
-        if not (ids[-1] in self.eos or len(ids) >= self.cfg.max_new_tokens):
+        if not (ids[-1] in self.eos or len(ids) >= self.cfg.max_new_tokens or (self.guide is not None and self.guide.ends(ids))):
             g = len(ids)  # an unfinished Y is not a complete greedy continuation anywhere
         state = _State(ids, dist, out.kv, lp, ref_lp, float(J[0]), {k: float(v[0]) for k, v in parts.items()}, g)
         if self.grad_model is not None:
             self._add_gradient(state)
         return state
+
+    def _own_choices(self, ids: list[int], dist: np.ndarray) -> np.ndarray:
+        """(L,) bool: whether each token of Y is what a regenerated suffix would choose there
+        (the greedy token, or the guide's) — and, guided, whether Y had not already ended."""
+        if self.guide is None:
+            return np.argmax(dist[: len(ids)], axis=-1) == np.array(ids)
+        return np.array([self.guide.pick(ids[:t], dist[t]) == ids[t] and not self.guide.ends(ids[:t]) for t in range(len(ids))])
 
     def _add_gradient(self, state: _State) -> None:
         """HotFlip proposals and gradient norms for every position of Y, from one gradient pass."""

@@ -58,9 +58,14 @@ class _Rows:
     screening: bool  # the screen has yet to run on this batch
     kv_rows: np.ndarray | None = None
     finished: list[int] = field(default_factory=list)  # rows r ended since the last judgement
+    y: list[int] = field(default_factory=list)  # the incumbent's ids, whose prefix each row keeps
 
     def length(self, r: int) -> int:
         return self.cands[r].start + len(self.tails[r])
+
+    def ids(self, r: int) -> list[int]:
+        """Row r's output so far: the incumbent's prefix and the tail."""
+        return self.y[: self.cands[r].start] + self.tails[r]
 
     def keep(self, keep: np.ndarray) -> None:
         """Only the alive rows at `keep` ((K,) int64 positions in alive) go on."""

@@ -23,6 +23,7 @@ from ortrefine.runtime.logprobs import gather_logprobs
 from ortrefine.runtime.refine.rows import _Best, _draft, _Rows
 
 if TYPE_CHECKING:
+    from ortrefine.runtime.guide import Guide
     from ortrefine.runtime.objectives import Objective
     from ortrefine.runtime.refine.config import RefineConfig
     from ortrefine.runtime.refine.proposals import _Candidate
@@ -43,6 +44,7 @@ class _Scorer:
     prompt_len: int
     ref_ids: np.ndarray
     use_ref: bool
+    guide: Guide | None
 
     # a free function of kvstack; kept reachable on the refiner, where tests call it
     _stack_prefix = staticmethod(stack_prefix)
@@ -105,6 +107,7 @@ class _Scorer:
             prefix_ref=np.concatenate([[0.0], np.cumsum(state.ref_lp)]) if state.ref_lp is not None else None,
             can_prune=cfg.prune and self.objective.can_prune(),
             screening=cfg.screen > 0 and R > cfg.screen_keep,
+            y=list(state.ids),
         )
 
     def _fit_context(self, rows: _Rows) -> int:
@@ -141,8 +144,8 @@ class _Scorer:
                 tokens.append(pending[:n])
                 del pending[:n]
             else:
-                g = int(np.argmax(rows.next_dist[j]))
                 start = rows.cands[r].start
+                g = self._choose(state.ids[:start] + tail, rows.next_dist[j])
                 left = cfg.max_new_tokens - start - len(tail) - 1
                 tokens.append([g] + _draft(state.ids, start, tail + [g], min(left, cfg.draft, room - 1), self.eos))
         return tokens, given
@@ -157,10 +160,18 @@ class _Scorer:
             if self.use_ref:
                 rows.tail_ref[r].extend(self._ref_lp(rows.next_dist[j : j + 1], rows.length(r) - 1).tolist())
 
+    def _choose(self, prefix: list[int], logits: np.ndarray) -> int:
+        """The regenerated suffix's next token after `prefix` (Y's tokens so far): the greedy
+        choice, or the keyword guide's (runtime/guide.py)."""
+        return int(np.argmax(logits)) if self.guide is None else self.guide.pick(prefix, logits)
+
     def _ended(self, rows: _Rows, r: int) -> bool:
-        """Row r is complete: it hit eos or the length cap, or (keep mode) fed all of Y's rest."""
-        return (rows.tails[r][-1] in self.eos or rows.length(r) >= self.cfg.max_new_tokens
-                or (not rows.pending[r] and self.cfg.mode != "regenerate"))
+        """Row r is complete: it hit eos or the length cap, or (keep mode) fed all of Y's rest,
+        or (regenerate, guided) its sentence ended."""
+        if (rows.tails[r][-1] in self.eos or rows.length(r) >= self.cfg.max_new_tokens
+                or (not rows.pending[r] and self.cfg.mode != "regenerate")):
+            return True
+        return self.guide is not None and not rows.pending[r] and self.guide.ends(rows.ids(r))
 
     def _rows_to_feed(self, rows: _Rows, tokens: list[list[int]]) -> list[int]:
         """Alive rows (j) that need a forward pass; a row that ends on its one token this pass
@@ -227,7 +238,7 @@ class _Scorer:
             r, t = rows.alive[j], tokens[j]
             a = len(t) - 1
             if self.cfg.mode == "regenerate" and not given[j]:
-                a = self._verified_draft(t, logits[q])
+                a = self._verified_draft(rows.ids(r), t, logits[q])
                 full_mask[q, past_width + 1 + a :] = 0
             if a:
                 lps = gather_logprobs(logits[q, :a], np.array(t[1 : 1 + a])).astype(np.float64)
@@ -239,12 +250,16 @@ class _Scorer:
                 new_next[q] = logits[q, a]
         return new_next
 
-    def _verified_draft(self, t: list[int], logits: np.ndarray) -> int:
-        """How many of the drafted t[1:] are the greedy choice after the tokens before them.
-        logits: (S, vocab) float32, the row's logits after each fed token."""
+    def _verified_draft(self, row_ids: list[int], t: list[int], logits: np.ndarray) -> int:
+        """How many of the drafted t[1:] are the suffix's own choice (`_choose`) after the tokens
+        before them. row_ids: the row's Y so far, t[0] last. logits: (S, vocab) float32, the
+        row's logits after each fed token."""
         self.cost.draft_tokens += len(t) - 1
         a = 0
-        while a < len(t) - 1 and t[a] not in self.eos and int(np.argmax(logits[a])) == t[a + 1]:
+        prefix = list(row_ids)
+        while a < len(t) - 1 and t[a] not in self.eos and not (self.guide is not None and self.guide.ends(prefix)) \
+                and self._choose(prefix, logits[a]) == t[a + 1]:
+            prefix.append(t[a + 1])
             a += 1
         self.cost.draft_accepted += a
         return a
