@@ -476,3 +476,17 @@ def test_eval_bad_input(tiny_bundles, eval_inputs, tmp_path):
     r = _eval("--prompts", str(prompts), "--judge", llama, "--model", llama, "--out", str(tmp_path / "o"), "--baseline", "nope")
     assert r.exit_code == 2 and "baseline 'nope'" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_systems_guide_settings_apply_to_its_keyword_prompts_and_are_checked_up_front():
+    from ortrefine.evaluate.data import System
+    from ortrefine.runtime.guide import GuideConfig
+
+    s = System("r", "refine", {"guide": {"bias": 3.0}})
+    s.check()
+    kw = EvalItem("k", "keywords", "Use dog, park.", keywords=("dog", "park"))
+    assert s.refine_config(32, kw).guide == GuideConfig(bias=3.0)
+    assert s.refine_config(32, EvalItem("c", "continue", "Once upon a time")).guide is None
+    assert System("r", "refine", {"guide": False}).refine_config(32, kw).guide is None
+    with pytest.raises(ConfigError, match="bias"):
+        System("bad", "refine", {"guide": {"bias": -1}}).check()

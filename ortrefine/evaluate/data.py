@@ -153,6 +153,8 @@ class System:
             opts["chat"] = item.chat
             if item.keywords:
                 opts["keywords"] = item.keywords
+            elif opts.get("guide") is not False:
+                opts.pop("guide", None)  # a system's guide settings are for its keyword prompts
             # references are what chrF judges against: J sees one only where the task is to match it
             if item.kind == "reference" and item.references and "reference" not in opts:
                 opts["reference"] = item.references[0]
@@ -168,7 +170,8 @@ class System:
         """Build the config once so that a bad option stops the run before any decoding."""
         try:
             if self.strategy == "refine":
-                self.refine_config(max_new_tokens)
+                # a keyword item, so that settings only keyword prompts use (the guide's) are checked too
+                self.refine_config(max_new_tokens, EvalItem("check", "keywords", "check", keywords=("check",)))
                 from ortrefine.runtime.objectives import ObjectiveSpec
 
                 for o in self.objectives():
