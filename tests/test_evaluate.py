@@ -485,8 +485,8 @@ def test_a_systems_guide_settings_apply_to_its_keyword_prompts_and_are_checked_u
     s = System("r", "refine", {"guide": {"bias": 3.0}})
     s.check()
     kw = EvalItem("k", "keywords", "Use dog, park.", keywords=("dog", "park"))
-    assert s.refine_config(32, kw).guide == GuideConfig(bias=3.0)
-    assert s.refine_config(32, EvalItem("c", "continue", "Once upon a time")).guide is None
-    assert System("r", "refine", {"guide": False}).refine_config(32, kw).guide is None
+    assert s.refine_config(32, kw).guide_config == GuideConfig(bias=3.0)
+    assert s.refine_config(32, EvalItem("c", "continue", "Once upon a time")).guide_config is None
+    assert System("r", "refine", {"guide": False}).refine_config(32, kw).guide_config is None
     with pytest.raises(ConfigError, match="bias"):
         System("bad", "refine", {"guide": {"bias": -1}}).check()

@@ -128,15 +128,40 @@ def test_bad_guide_settings(kw, match):
 
 
 def test_guide_is_on_for_keywords_in_regenerate_mode_only_unless_asked():
-    assert RefineConfig(keywords=("cat",)).guide == GuideConfig()
-    assert RefineConfig(keywords=("cat",), mode="keep").guide is None
-    assert RefineConfig(keywords=("cat",), guide=False).guide is None
-    assert RefineConfig(keywords=("cat",), guide={"bias": 2.0}).guide == GuideConfig(bias=2.0)
-    assert RefineConfig().guide is None
+    assert RefineConfig(keywords=("cat",)).guide_config == GuideConfig()
+    assert RefineConfig(keywords=("cat",), mode="keep").guide_config is None
+    assert RefineConfig(keywords=("cat",), guide=False).guide_config is None
+    assert RefineConfig(keywords=("cat",), guide={"bias": 2.0}).guide_config == GuideConfig(bias=2.0)
+    assert RefineConfig().guide_config is None
     with pytest.raises(ConfigError, match="needs keywords"):
         RefineConfig(guide=True)
     with pytest.raises(ConfigError, match="guide must be"):
         RefineConfig(keywords=("cat",), guide="strong")
+    with pytest.raises(ConfigError, match="mode keep regenerates none"):
+        RefineConfig(keywords=("cat",), guide=True, mode="keep")
+    with pytest.raises(ConfigError, match="unknown guide setting.*'bais'.*known: bias"):
+        RefineConfig(keywords=("cat",), guide={"bais": 1.0})
+    with pytest.raises(ConfigError, match="one-sentence"):
+        GuideConfig(one_sentence="no")
+
+
+def test_an_explicit_off_survives_a_rebuilt_config():
+    """dataclasses.replace re-runs __post_init__ (refine() does it for batch-dependent bundles)."""
+    from dataclasses import replace
+
+    cfg = replace(RefineConfig(keywords=("cat",), guide=False), max_rows=1)
+    assert cfg.guide_config is None
+    lm = bigram_lm(STORY)
+    lm.bundle.manifest["batch_invariant"] = False
+    r = refine(lm, "x", RefineConfig(keywords=("cat",), guide=False, max_new_tokens=8))
+    assert r.initial.text == "A dog ran."  # greedy, not the guided "A cat sat on the mat."
+
+
+def test_short_pieces_and_whole_words_are_not_taken_for_a_keyword():
+    g = guide(["theater", "apple"], bias=5.0, end_penalty=0.0, no_repeat_ngram=0)
+    x = g.adjusted([ID["A"], ID[" the"]], np.zeros(len(WORDS), dtype=np.float32))
+    assert x[ID[" the"]] == 0.0  # " the" is 3 letters: not a piece of "theater"
+    assert not g._continuations("A dog ate a", "apple") and not g._continuations("I saw the", "theater")
 
 
 def test_guided_decode_puts_the_keyword_in_where_greedy_drops_it():
@@ -186,3 +211,17 @@ def test_the_scorers_suffix_is_the_guides_choice():
             assert not g.ends(row[:t]), lm.tokenizer.decode(row)
             assert row[t] == g.pick(row[:t], lm.next_logprobs([ID["\n"], *row[:t]])), lm.tokenizer.decode(row)
         assert g.ends(row) or len(row) == 8
+
+
+@pytest.mark.parametrize("args, ok", [(["--keywords", "dog", "--no-guide"], True), (["--no-guide"], False),
+                                      (["--keywords", "dog", "--mode", "keep", "--no-guide"], False)])
+def test_no_guide_in_the_cli_only_where_the_guide_would_run(tmp_path, args, ok):
+    from click.testing import CliRunner
+
+    from ortrefine.cli.refine_cmd import refine as refine_cmd
+
+    r = CliRunner().invoke(refine_cmd, ["x", *args, "-m", str(tmp_path / "none")])
+    if ok:
+        assert r.exit_code == 1 and "no bundle at" in r.output  # accepted; only the missing bundle stops it
+    else:
+        assert r.exit_code == 2 and "--no-guide only applies with --keywords" in r.output

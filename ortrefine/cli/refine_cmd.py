@@ -157,7 +157,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="For --order random and --initial-strategy sample.")
 @click.option("--budget-seconds", type=FiniteFloat(), default=None, help="Stop once this much wall time is spent (seconds > 0).")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Stop once this many tokens were scored.")
-@click.option("--no-guide", is_flag=True, help="With --keywords: decode Y⁰ and every regenerated suffix greedily, not steered toward the missing keywords.")
+@click.option("--no-guide", is_flag=True, help="With --keywords: decode Y⁰ and every regenerated suffix without steering them toward the missing keywords.")
 @click.option("--no-prune", is_flag=True, help="Score every candidate to the end (for measuring what pruning saves).")
 @click.option("--initial", default=None, type=Text(), help="Refine this text instead of decoding Y⁰.")
 @click.option("--initial-strategy", type=LibraryChoice(strategies), default="greedy", show_default=True)
@@ -201,6 +201,8 @@ def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str |
     only_with(ctx, ("relax_steps", "relax_lr", "relax_method"), "--optimizer gradient", kw["optimizer"] == "gradient")
     only_with(ctx, ("screen_keep",), "--screen N (N > 0)", kw["screen"] > 0)
     only_with(ctx, ("draft",), "--mode regenerate", kw["mode"] == "regenerate")
+    only_with(ctx, ("no_guide",), "--keywords in --mode regenerate (the guide is on only there)",
+              keywords is not None and kw["mode"] == "regenerate")
     only_with(ctx, ("initial_strategy",), "no --initial (it decodes Y⁰; --initial gives it)", kw["initial"] is None)
     if keywords is not None and not _csv(keywords):
         raise click.BadParameter("names no keyword; give comma-separated words, e.g. --keywords dog,frisbee,park",

@@ -26,10 +26,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ortrefine.errors import ConfigError
-from ortrefine.lexicon import covered_keywords
+from ortrefine.lexicon import FUNCTION_WORDS, covered_keywords
 from ortrefine.runtime.keywords import inflections
 
 _ENDS = ".!?"
+_MIN_PIECE = 4  # letters a biased word-start piece needs (shorter forms must be whole)
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,22 @@ class GuideConfig:
     def __post_init__(self) -> None:
         for name in ("bias", "end_penalty"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 0:
                 raise ConfigError(f"guide {name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
         n = self.no_repeat_ngram
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ConfigError(f"guide no-repeat-ngram must be a whole number >= 0, got {n!r}")
+        if not isinstance(self.one_sentence, bool):
+            raise ConfigError(f"guide one-sentence must be true or false, got {self.one_sentence!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GuideConfig":
+        """From JSON-like settings; an unknown name is a one-line error listing the known ones."""
+        known = ("bias", "end_penalty", "no_repeat_ngram", "one_sentence")
+        bad = sorted(set(d) - set(known))
+        if bad:
+            raise ConfigError(f"unknown guide setting(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,8 @@ def _build_vocab(tokenizer: Any, eos_ids: tuple[int, ...]) -> _Vocab:
 
 
 def _ends_sentence(token_text: str) -> bool:
-    return "\n" in token_text or token_text.rstrip().endswith(tuple(_ENDS))
+    """A newline, or .!? possibly followed by closing quotes or brackets ('."', '!)')."""
+    return "\n" in token_text or token_text.rstrip().rstrip("\"'”’)]").endswith(tuple(_ENDS))
 
 
 class Guide:
@@ -104,13 +117,12 @@ class Guide:
         return tuple(f + tail for f in inflections(head))
 
     def _start_ids(self, forms: Sequence[str]) -> np.ndarray:
-        """Tokens that are " form" or a word-start piece of it at least 4 characters long
-        (shorter pieces — " a", " b" — start too many other words)."""
+        """Tokens that are " form" or a word-start piece of it of at least 4 letters (shorter
+        pieces start too many other words: " for" is not "fork", " the" is not "theater")."""
         ids: set[int] = set()
         for form in forms:
-            target = " " + form
-            for n in range(min(4, len(target)), len(target) + 1):
-                ids.update(self.vocab.by_string.get(target[:n], ()))
+            for n in range(min(_MIN_PIECE, len(form)), len(form) + 1):
+                ids.update(self.vocab.by_string.get(" " + form[:n], ()))
         return np.array(sorted(ids), dtype=np.int64)
 
     def missing(self, text: str) -> list[str]:
@@ -139,9 +151,11 @@ class Guide:
 
     def _continuations(self, text: str, keyword: str) -> list[int]:
         """Tokens that carry on a form of `keyword` the last word has begun (" water" → "melon")."""
-        if not text or text[-1].isspace():
+        if not text or text[-1].isspace() or not text.split():
             return []
-        last = text.rsplit(None, 1)[-1].lower() if text.split() else ""
+        last = text.rsplit(None, 1)[-1].lower()
+        if len(last) < 3 or (len(last) < _MIN_PIECE and last in FUNCTION_WORDS):
+            return []  # "a", "be", "the": whole words, not a concept begun ("a" + "pple")
         out: list[int] = []
         for form in self.forms[keyword]:
             if form.startswith(last) and len(form) > len(last):
@@ -158,7 +172,7 @@ class Guide:
 
     def ends(self, ids: Sequence[int]) -> bool:
         """Whether the output is complete: eos, or (one_sentence) its last token ends a sentence
-        of at least three words."""
+        and the output has at least three words."""
         if not ids:
             return False
         if ids[-1] in self.eos:

@@ -86,7 +86,9 @@ class RefineConfig:
     initial_strategy: how Y⁰ is decoded (default greedy; with a guide, greedy is guided).
     guide: keyword-guided decoding of Y⁰ and of every regenerated suffix (runtime/guide.py):
         None turns it on when keywords are given (regenerate mode), False turns it off, a
-        GuideConfig sets its strengths. J is unchanged: the guide only picks tokens.
+        GuideConfig (or its fields as a dict) sets its strengths. J is unchanged: the guide only
+        picks tokens. guide_config: what it resolves to (None: off); the refiner reads this, so
+        `dataclasses.replace` keeps an explicit False.
     """
 
     objectives: list[ObjectiveSpec | str] | None = None
@@ -117,7 +119,8 @@ class RefineConfig:
     system: str | None = None
     initial: str | None = None
     initial_strategy: GenerationConfig | None = None
-    guide: GuideConfig | bool | None = None
+    guide: GuideConfig | bool | dict | None = None
+    guide_config: GuideConfig | None = field(init=False, default=None)  # what `guide` resolves to
 
     def __post_init__(self) -> None:
         self.mode = str(self.mode).lower()
@@ -130,7 +133,7 @@ class RefineConfig:
         self._check_choices()
         self._check_numbers()
         self._check_inputs()
-        self.guide = self._resolved_guide()
+        self.guide_config = self._resolved_guide()
         if self.objectives is None:
             self.objectives = list(KEYWORD_OBJECTIVES if self.keywords else DEFAULT_OBJECTIVES)
         self.objectives = self._with_task_terms(list(self.objectives))
@@ -187,7 +190,7 @@ class RefineConfig:
         mode never decodes a suffix, so it has nothing to steer there."""
         g = self.guide
         if isinstance(g, dict):
-            g = GuideConfig(**g)
+            g = GuideConfig.from_dict(g)
         if g is None:
             return GuideConfig() if self.keywords and self.mode == "regenerate" else None
         if g is False:
@@ -198,6 +201,8 @@ class RefineConfig:
             raise ConfigError(f"guide must be a GuideConfig, true or false, got {g!r}")
         if not self.keywords:
             raise ConfigError("the keyword guide needs keywords (--keywords a,b,c)")
+        if self.mode != "regenerate":
+            raise ConfigError("the keyword guide steers regenerated suffixes, and mode keep regenerates none; use mode regenerate")
         return g
 
     def _with_task_terms(self, objectives: list[ObjectiveSpec | str]) -> list[ObjectiveSpec | str]:

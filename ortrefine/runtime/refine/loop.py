@@ -39,7 +39,7 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         self.rng = np.random.default_rng(cfg.seed)
         self.eos = set(lm.eos_ids)
         # regenerated suffixes (and Y⁰, unless given) follow the keyword guide: runtime/guide.py
-        self.guide = Guide(lm.tokenizer, lm.eos_ids, cfg.keywords, cfg.guide) if cfg.guide is not None else None
+        self.guide = Guide(lm.tokenizer, lm.eos_ids, cfg.keywords, cfg.guide_config) if cfg.guide_config is not None else None
         self.grad_model = None
         if cfg.proposal != "topk" or cfg.optimizer == "gradient":
             from ortrefine.runtime.gradient import GradientModel

@@ -23,7 +23,8 @@ class _State:
         (row 0 from the prompt's last position). kv: cache over X ⧺ Y (length P + L).
     lp: (L,) float64 per-token log p(y_t). ref_lp: (min(L, |R|),) float64 log p(R_t) at the
         positions the reference R covers; None without a reference term.
-    greedy_from: smallest g with Y[g:] equal to the greedy continuation of Y[:g].
+    greedy_from: smallest g with Y[g:] equal to the regenerated continuation of Y[:g] (greedy,
+        or the keyword guide's choices).
     """
 
     ids: list[int]
