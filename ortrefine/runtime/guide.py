@@ -38,7 +38,7 @@ class GuideConfig:
     """How strongly to steer. bias / end_penalty are in logits (nats); 0 turns either off.
     no_repeat_ngram: 0 turns it off. one_sentence: stop at the first sentence end."""
 
-    bias: float = 5.0
+    bias: float = 3.0
     end_penalty: float = 3.0
     no_repeat_ngram: int = 3
     one_sentence: bool = True
