@@ -103,6 +103,8 @@ def test_ending_costs_while_a_keyword_is_missing_and_not_after():
     x = g.adjusted([ID["A"], ID[" dog"]], flat)
     assert x[ID["."]] == -3.0 and x[0] == -3.0 and x[ID["\n"]] == -3.0 and x[ID[" ran"]] == 0.0
     assert np.array_equal(g.adjusted([ID["A"], ID[" cat"]], flat), flat)
+    done = guide(["cat"], bias=0.0, end_penalty=3.0, end_bonus=2.0, no_repeat_ngram=0).adjusted([ID["A"], ID[" cat"]], flat)
+    assert done[ID["."]] == 2.0 and done[ID["\n"]] == 2.0 and done[ID[" ran"]] == 0.0
 
 
 def test_no_repeated_ngram():

@@ -8,7 +8,8 @@ task decodes — the initial output and every regenerated suffix — with a guid
 - the tokens that start a missing concept (any inflection, `runtime.keywords.inflections`), or
   continue one begun by the last word, get `bias` added to their logits (never the output's
   first token: a sentence opening on a concept is rarely how the model starts);
-- while a concept is missing, the tokens that would end the sentence (and eos) lose `end_penalty`;
+- while a concept is missing, the tokens that would end the sentence (and eos) lose `end_penalty`,
+  and once all are in they gain `end_bonus`;
 - no token 3-gram is repeated (transformers' no_repeat_ngram_size);
 - the output ends at its first sentence end (`one_sentence`), as the task asks.
 
@@ -35,16 +36,19 @@ _MIN_PIECE = 4  # letters a biased word-start piece needs (shorter forms must be
 
 @dataclass(frozen=True)
 class GuideConfig:
-    """How strongly to steer. bias / end_penalty are in logits (nats); 0 turns either off.
-    no_repeat_ngram: 0 turns it off. one_sentence: stop at the first sentence end."""
+    """How strongly to steer. bias / end_penalty / end_bonus are in logits (nats); 0 turns each
+    off. end_bonus: added to the sentence-ending tokens once every concept is in (a model that
+    has used them all tends to go on listing). no_repeat_ngram: 0 turns it off. one_sentence:
+    stop at the first sentence end."""
 
     bias: float = 3.0
     end_penalty: float = 3.0
+    end_bonus: float = 0.0
     no_repeat_ngram: int = 3
     one_sentence: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("bias", "end_penalty"):
+        for name in ("bias", "end_penalty", "end_bonus"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 0:
                 raise ConfigError(f"guide {name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
@@ -57,7 +61,7 @@ class GuideConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GuideConfig":
         """From JSON-like settings; an unknown name is a one-line error listing the known ones."""
-        known = ("bias", "end_penalty", "no_repeat_ngram", "one_sentence")
+        known = ("bias", "end_penalty", "end_bonus", "no_repeat_ngram", "one_sentence")
         bad = sorted(set(d) - set(known))
         if bad:
             raise ConfigError(f"unknown guide setting(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
@@ -141,6 +145,8 @@ class Guide:
                 x[self._continuations(text, k)] += cfg.bias
         if missing and cfg.end_penalty:
             x[self.vocab.enders] -= cfg.end_penalty
+        elif not missing and ids and cfg.end_bonus:
+            x[self.vocab.enders] += cfg.end_bonus
         n = cfg.no_repeat_ngram
         if n and len(ids) >= n - 1:
             x[self._banned(ids, n)] = -np.inf
