@@ -4,9 +4,9 @@ Two kinds of term:
 - *LM terms* (logprob, mean-logprob, reference: `lm_terms`) are functions of sums of per-token
   log-probabilities, each term ≤ 0 — so a partial sum bounds the final value from above, which
   is what lets the refiner drop a candidate exactly before it is fully scored.
-- *Text terms* (length, repetition, coverage: `text_terms`; reward: `reward`) are computed on
-  finished candidates; each states the largest value it can take (`max_value`), +inf when
-  unknown (reward).
+- *Text terms* (length, repetition, coverage: `text_terms`; reward: `reward`; contrastive: another
+  bundle's log P, `contrastive`) are computed on finished candidates; each states the largest
+  value it can take (`max_value`), +inf when unknown (reward, contrastive).
 All terms go through `Objective.evaluate`, the one scoring interface of the refiner.
 
 A new term is one class: subclass `Term`, set `name` and `options` (name -> `Option`), write
@@ -20,11 +20,12 @@ from ortrefine.runtime.objectives.text import STOPWORDS, content_words
 from ortrefine.runtime.objectives.lm_terms import LogProb, MeanLogProb, Reference
 from ortrefine.runtime.objectives.text_terms import Coverage, Length, Repetition
 from ortrefine.runtime.objectives.reward import Reward
+from ortrefine.runtime.objectives.contrastive import Contrastive
 from ortrefine.runtime.objectives.spec import ObjectiveSpec
 from ortrefine.runtime.objectives.objective import Objective, build_term
 
 __all__ = [
     "Batch", "Context", "Term", "Option", "opt_bool", "opt_float", "opt_int", "TERMS", "register", "term_class",
-    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Length", "Repetition", "Reward",
+    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Length", "Repetition", "Reward", "Contrastive",
     "ObjectiveSpec", "Objective", "build_term",
 ]

@@ -47,6 +47,7 @@ class Context:
     reference: str | None = None
     reference_ids: list[int] = field(default_factory=list)
     initial_len: int | None = None
+    prompt_ids: list[int] = field(default_factory=list)  # the encoded prompt (chat template applied), for terms that score with another model
 
 
 class Term:

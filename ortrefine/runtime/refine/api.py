@@ -40,7 +40,7 @@ def refine(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig | None = None)
     y0 = r.initial_output(prompt_ids)
     r.cost.initial_forward_tokens = lm.forward_tokens - before
     r.cost.initial_seconds = time.perf_counter() - t_start
-    r.build_context(r.prompt, len(y0))
+    r.build_context(r.prompt, len(y0), prompt_ids)
     first, final, edits, sweeps, stop = r.run(prompt_ids, y0)
     retok = _retokenized(r, final)
     r.cost.seconds = time.perf_counter() - t_start
@@ -64,7 +64,7 @@ def evaluate_objective(lm: LM, prompt: str, output_ids: Sequence[int], cfg: Refi
     """J and every term of an output under `lm` (e.g. a judge bundle), from one fresh pass."""
     r = _Refiner(lm, prompt, cfg)
     prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
-    r.build_context(prompt, len(output_ids))
+    r.build_context(prompt, len(output_ids), prompt_ids)
     r.start(prompt_ids)
     state = r.build_state(list(output_ids))
     return {"total": state.J, **state.parts}

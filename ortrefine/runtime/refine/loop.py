@@ -69,13 +69,14 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
             raise PromptError("the initial decode produced no tokens; nothing to refine")
         return out.ids
 
-    def build_context(self, prompt_text: str, initial_len: int) -> None:
+    def build_context(self, prompt_text: str, initial_len: int, prompt_ids: list[int] | None = None) -> None:
         """The objective, built once Y⁰ is known: some terms read its length."""
         cfg, tok = self.cfg, self.lm.tokenizer
         ref_ids = tok.encode_plain(cfg.reference) if cfg.reference else []
         self.ctx = Context(
             prompt=prompt_text, tokenizer=tok, eos_ids=self.lm.eos_ids, max_len=cfg.max_new_tokens,
             keywords=cfg.keywords, reference=cfg.reference, reference_ids=ref_ids, initial_len=initial_len,
+            prompt_ids=list(prompt_ids or []),
         )
         self.objective = Objective(cfg.objectives, self.ctx)
         self.ref_ids = np.array(ref_ids, dtype=np.int64)

@@ -1,0 +1,83 @@
+"""The contrastive term: prefer what the model finds likely and a weaker "amateur" does not.
+
+Contrastive decoding (Li et al. 2023) scores text by log p_expert − β · log p_amateur: the
+failures a small model shares with a weaker copy of itself (loops, generic filler, echoes) score
+low, and humans preferred its outputs to greedy's. Here it is one more term of J, so the refiner's
+exact scoring applies it to whole candidates: J = logprob + β · contrastive with
+contrastive(Y) = −Σₜ log p_amateur(yₜ | X, y<t). The amateur is another bundle with the same
+tokenizer (the model's own int4 bundle, or its distilled student), loaded once per process.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ortrefine.errors import ConfigError
+from ortrefine.runtime.objectives.base import Term
+from ortrefine.runtime.objectives.options import Option
+from ortrefine.runtime.objectives.registry import register
+
+_AMATEURS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def load_amateur(path: str) -> Any:
+    """The amateur's LM, loaded on first use and shared after (a bundle takes a second to open)."""
+    from ortrefine.runtime.session import load
+
+    key = str(Path(path).expanduser().resolve()) if Path(path).expanduser().is_dir() else path
+    with _LOCK:
+        if key not in _AMATEURS:
+            _AMATEURS[key] = load(path, provider="cpu")
+        return _AMATEURS[key]
+
+
+def same_vocabulary(a: Any, b: Any) -> bool:
+    """Whether two tokenizers map every id to the same token (the amateur scores the model's ids)."""
+    if a.vocab_size != b.vocab_size:
+        return False
+    ids = list(range(a.vocab_size))
+    return a.token_strings(ids) == b.token_strings(ids)
+
+
+@register
+class Contrastive(Term):
+    """contrastive(Y) = −Σₜ log p_amateur(yₜ | X, y<t) (per token with `mean=1`). It is ≥ 0 and
+    has no useful bound, so it switches exact pruning off."""
+
+    name, value_option = "contrastive", "amateur"
+    options = {
+        "amateur": Option(str, missing="objective 'contrastive' needs an amateur bundle: contrastive=path/to/bundle "
+                                       "(the model's int4 bundle or its distilled student), or contrastive:amateur=PATH,weight=0.3"),
+        "mean": Option(bool, False),
+    }
+    amateur: str
+    mean: bool
+
+    def configure(self) -> None:
+        self.lm_amateur = None
+        if self.ctx is None:  # a spec checked without a task: the bundle is opened when one runs
+            return
+        if not Path(self.amateur).expanduser().is_dir() and "/" in self.amateur:
+            raise ConfigError(f"objective 'contrastive': no bundle folder at {self.amateur}")
+        self.lm_amateur = load_amateur(self.amateur)
+        if not same_vocabulary(self.lm_amateur.tokenizer, self.ctx.tokenizer):
+            raise ConfigError(f"objective 'contrastive': the amateur {self.amateur} has another tokenizer; "
+                              "use a bundle of the same model (its int4 bundle or distilled student)")
+
+    def evaluate(self, batch):
+        if self.lm_amateur is None or not batch.ids:
+            return np.zeros(len(batch), dtype=np.float64)
+        totals = np.asarray(self.lm_amateur.score(self.ctx.prompt_ids, batch.ids).totals, dtype=np.float64)
+        values = -totals
+        if self.mean:
+            values = values / np.maximum([len(i) for i in batch.ids], 1)
+        return values
+
+    def max_value(self) -> float:
+        return math.inf
