@@ -88,3 +88,24 @@ def test_every_term_has_its_own_part():
     obj = Objective(["logprob", "mean-logprob", "repetition:n=1", "length:target=2"], ctx())
     _, parts = obj.evaluate(batch())
     assert list(parts) == obj.names == ["logprob", "mean-logprob", "repetition", "length"]
+
+
+def test_echo_counts_the_prompts_word_ngrams_the_output_copies():
+    from ortrefine.runtime.objectives import Batch, Context, Objective
+
+    ctx = Context(prompt="The boy needed a swim suit", tokenizer=None, eos_ids=(0,), max_len=32)
+    obj = Objective(["echo"], ctx)
+    texts = ['. In the sentence "The boy needed a swim suit," the boy', ". He went to the pool.", "the BOY needed a"]
+    total, parts = obj.evaluate(Batch("p", [[1]] * 3, [np.zeros(1)] * 3, texts))
+    assert parts["echo"].tolist() == [-3.0, 0.0, -1.0]  # 4-grams: the boy needed a / boy needed a swim / needed a swim suit
+    assert obj.can_prune() and Objective(["echo:n=2"], ctx).evaluate(Batch("p", [[1]], [np.zeros(1)], ["a swim"]))[1]["echo"][0] == -1.0
+
+
+def test_length_short_only_counts_falling_short():
+    from ortrefine.runtime.objectives import Batch, Context, Objective
+
+    ctx = Context(prompt="p", tokenizer=None, eos_ids=(0,), max_len=32, initial_len=5)
+    ids = [[1] * 2, [1] * 5, [1] * 9]
+    batch = Batch("p", ids, [np.zeros(len(i)) for i in ids], ["x"] * 3)
+    assert Objective(["length:short=1"], ctx).evaluate(batch)[1]["length"].tolist() == [-3.0, 0.0, 0.0]
+    assert Objective(["length"], ctx).evaluate(batch)[1]["length"].tolist() == [-3.0, 0.0, -4.0]

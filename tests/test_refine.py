@@ -145,7 +145,7 @@ def text_length(pairs):
 
 
 @pytest.mark.parametrize("spec,err,match", [
-    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, length, logprob"),
+    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, length, logprob"),
     ("logprob=nan", ConfigError, "finite"),
     ("logprob=-1", ConfigError, "negative weight"),
     ("coverage=abc", ConfigError, "not a number"),

@@ -18,7 +18,7 @@ from ortrefine.runtime.objectives.options import Option, opt_bool, opt_float, op
 from ortrefine.runtime.objectives.registry import TERMS, register, term_class
 from ortrefine.runtime.objectives.text import STOPWORDS, content_words
 from ortrefine.runtime.objectives.lm_terms import LogProb, MeanLogProb, Reference
-from ortrefine.runtime.objectives.text_terms import Coverage, Length, Repetition
+from ortrefine.runtime.objectives.text_terms import Coverage, Echo, Length, Repetition
 from ortrefine.runtime.objectives.reward import Reward
 from ortrefine.runtime.objectives.contrastive import Contrastive
 from ortrefine.runtime.objectives.spec import ObjectiveSpec
@@ -26,6 +26,6 @@ from ortrefine.runtime.objectives.objective import Objective, build_term
 
 __all__ = [
     "Batch", "Context", "Term", "Option", "opt_bool", "opt_float", "opt_int", "TERMS", "register", "term_class",
-    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Length", "Repetition", "Reward", "Contrastive",
+    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Length", "Repetition", "Reward", "Contrastive",
     "ObjectiveSpec", "Objective", "build_term",
 ]

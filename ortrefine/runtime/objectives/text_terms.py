@@ -16,15 +16,19 @@ from ortrefine.runtime.objectives.text import content_words, words
 @register
 class Length(Term):
     """length(Y) = −|len(Y) − target| (in tokens, eos included; target defaults to the initial
-    output's length, so the term holds the refined output near Y⁰'s length)."""
+    output's length, so the term holds the refined output near Y⁰'s length). With `short=1`
+    only falling short counts, −max(0, target − len(Y)): a guard against summed log P's reward
+    for ending early ("." scored above a whole continuation), which leaves longer outputs free."""
 
     name = "length"
-    options = {"target": Option(int, None, low=1, high=1 << 31)}
+    options = {"target": Option(int, None, low=1, high=1 << 31), "short": Option(bool, False)}
     target: int | None
+    short: bool
 
     def evaluate(self, batch):
         target = self.target if self.target is not None else (self.ctx.initial_len or self.ctx.max_len)
-        return -np.abs(np.array([len(i) for i in batch.ids], dtype=np.float64) - target)
+        gap = np.array([len(i) for i in batch.ids], dtype=np.float64) - target
+        return np.minimum(gap, 0.0) if self.short else -np.abs(gap)
 
     def max_value(self) -> float:
         return 0.0
@@ -104,3 +108,29 @@ class Coverage(Term):
             return []
         have = self.covered(self.ctx.tokenizer.decode(prefix_ids))
         return [t for k, c in zip(self.keywords, have) if not c for t in self._first_tokens.get(k, [])]
+
+
+@register
+class Echo(Term):
+    """echo(Y) = −#(word n-grams of Y that occur in the prompt), n = 4 by default (lower-cased
+    words). Copying the prompt is cheap under log P, so refinement drifted into quoting it ("In the
+    context of the original sentence, "The boy needed a swim suit," …"), which the evaluation
+    flags as an echo."""
+
+    name = "echo"
+    options = {"n": Option(int, 4, low=1, error="echo: n must be a whole number >= 1, got {value}")}
+    n: int
+
+    def configure(self) -> None:
+        prompt = words(self.ctx.prompt) if self.ctx is not None else []
+        self.prompt_grams = {tuple(prompt[i : i + self.n]) for i in range(len(prompt) - self.n + 1)}
+
+    def evaluate(self, batch):
+        out = []
+        for text in batch.texts:
+            w = words(text)
+            out.append(-sum(tuple(w[i : i + self.n]) in self.prompt_grams for i in range(len(w) - self.n + 1)))
+        return np.array(out, dtype=np.float64)
+
+    def max_value(self) -> float:
+        return 0.0
