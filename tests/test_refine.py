@@ -73,7 +73,7 @@ def test_edit_accepted_only_if_the_full_pass_agrees(mode):
 
 def test_keep_mode_delete():
     lm = table_lm(TRAP)
-    r = refine(lm, "a", RefineConfig(mode="keep", edits=("delete",), initial="bed", max_new_tokens=3))
+    r = refine(lm, "a", RefineConfig(objectives=["logprob"], mode="keep", edits=("delete",), initial="bed", max_new_tokens=3))
     assert [(e.position, e.kind, e.old_token, e.new_token) for e in r.edits] == [(1, "delete", "e", None)]
     assert r.final.text == "bd"
     assert r.edits[0].delta == pytest.approx(seq_lp(lm, "a", "bd") - seq_lp(lm, "a", "bed"), abs=1e-5)
@@ -290,9 +290,9 @@ def test_keep_mode_never_feeds_a_candidates_final_token():
 
 
 def test_default_objective_counts_repetition():
-    """The default J is log P plus the repetition term (log P alone rewards loops)."""
+    """The default J is log P plus the guards against loops, echoes of the prompt and ending early."""
     cfg = RefineConfig()
-    assert [str(o) for o in cfg.objectives] == ["logprob", "repetition=1.0"]
+    assert [str(o) for o in cfg.objectives] == ["logprob", "repetition=1.0", "echo=4.0", "length=2.0:short=1"]
 
 
 @pytest.mark.parametrize("kw,term", [(dict(keywords=("dog", "park")), "coverage"), (dict(reference="a dog in a park"), "reference")])
@@ -302,7 +302,7 @@ def test_task_inputs_switch_their_term_on(kw, term):
 
     names = [ObjectiveSpec.parse(str(o)).name for o in RefineConfig(**kw).objectives]
     # keywords get the keyword task's J (per-token log P: summed log P cut sentences to fragments)
-    assert names == (["mean-logprob", "repetition", term] if term == "coverage" else ["logprob", "repetition", term])
+    assert names == (["mean-logprob", "repetition", term] if term == "coverage" else ["logprob", "repetition", "echo", "length", term])
     added = [str(o) for o in RefineConfig(objectives=["logprob"], **kw).objectives]
     assert added == ["logprob", "coverage=2.0" if term == "coverage" else "reference"]  # the task's term joins a J the user named
     explicit = RefineConfig(objectives=["logprob", f"{term}=3.0"], **kw).objectives
