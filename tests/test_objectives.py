@@ -109,3 +109,14 @@ def test_length_short_only_counts_falling_short():
     batch = Batch("p", ids, [np.zeros(len(i)) for i in ids], ["x"] * 3)
     assert Objective(["length:short=1"], ctx).evaluate(batch)[1]["length"].tolist() == [-3.0, 0.0, 0.0]
     assert Objective(["length"], ctx).evaluate(batch)[1]["length"].tolist() == [-3.0, 0.0, -4.0]
+
+
+def test_evaluate_objective_measures_the_length_term_against_the_initial_output():
+    from fakelm import table_lm
+    from ortrefine.runtime.refine import RefineConfig
+    from ortrefine.runtime.refine.api import evaluate_objective
+
+    lm = table_lm({"a": {"b": 0.9}, "b": {"c": 0.9}})
+    cfg = RefineConfig(objectives=["logprob", "length=2.0:short=1"], max_new_tokens=4)
+    assert evaluate_objective(lm, "a", [2], cfg)["length"] == 0.0  # no Y⁰ given: measured against itself
+    assert evaluate_objective(lm, "a", [2], cfg, initial_len=3)["length"] == -2.0

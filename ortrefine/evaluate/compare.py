@@ -190,7 +190,8 @@ def _judge_prompt(lm: Any, judge_lm: Any, same_tok: bool, item: PromptItem, c: R
     if not same_tok:
         tok = judge_lm.tokenizer
         ini, fin = tok.encode_plain(r.initial.text), tok.encode_plain(r.final.text)
-    jb, ja = evaluate_objective(judge_lm, item.prompt, ini, c), evaluate_objective(judge_lm, item.prompt, fin, c)
+    jb = evaluate_objective(judge_lm, item.prompt, ini, c, initial_len=len(ini))
+    ja = evaluate_objective(judge_lm, item.prompt, fin, c, initial_len=len(ini))  # J's length term measures against Y⁰
     lp0, lp1 = judge_texts(judge_lm, judge_context(item.prompt, item.chat), [r.initial.text, r.final.text])
     j0, j1 = judge_ref
     return {

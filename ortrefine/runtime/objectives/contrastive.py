@@ -30,10 +30,11 @@ def load_amateur(path: str) -> Any:
     """The amateur's LM, loaded on first use and shared after (a bundle takes a second to open)."""
     from ortrefine.runtime.session import load
 
-    key = str(Path(path).expanduser().resolve()) if Path(path).expanduser().is_dir() else path
+    folder = Path(path).expanduser()
+    key = str(folder.resolve()) if folder.is_dir() else path
     with _LOCK:
         if key not in _AMATEURS:
-            _AMATEURS[key] = load(path, provider="cpu")
+            _AMATEURS[key] = load(str(folder) if folder.is_dir() else path, provider="cpu")
         return _AMATEURS[key]
 
 

@@ -60,11 +60,14 @@ def refine(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig | None = None)
     )
 
 
-def evaluate_objective(lm: LM, prompt: str, output_ids: Sequence[int], cfg: RefineConfig) -> dict[str, float]:
-    """J and every term of an output under `lm` (e.g. a judge bundle), from one fresh pass."""
+def evaluate_objective(lm: LM, prompt: str, output_ids: Sequence[int], cfg: RefineConfig,
+                       initial_len: int | None = None) -> dict[str, float]:
+    """J and every term of an output under `lm` (e.g. a judge bundle), from one fresh pass.
+    initial_len: |Y⁰| of the refinement the output came from, which the length term measures
+    against (default: the output's own length, which makes that term 0)."""
     r = _Refiner(lm, prompt, cfg)
     prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
-    r.build_context(prompt, len(output_ids), prompt_ids)
+    r.build_context(prompt, len(output_ids) if initial_len is None else initial_len, prompt_ids)
     r.start(prompt_ids)
     state = r.build_state(list(output_ids))
     return {"total": state.J, **state.parts}
