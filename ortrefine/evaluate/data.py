@@ -153,7 +153,7 @@ class System:
             opts["chat"] = item.chat
             if item.keywords:
                 opts["keywords"] = item.keywords
-            elif opts.get("guide") is not False:
+            else:
                 opts.pop("guide", None)  # a system's guide settings are for its keyword prompts
             # references are what chrF judges against: J sees one only where the task is to match it
             if item.kind == "reference" and item.references and "reference" not in opts:

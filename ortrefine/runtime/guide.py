@@ -27,8 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ortrefine.errors import ConfigError
-from ortrefine.lexicon import FUNCTION_WORDS, covered_keywords
-from ortrefine.runtime.keywords import inflections
+from ortrefine.lexicon import FUNCTION_WORDS
+from ortrefine.runtime.keywords import covered, surface_forms
+from ortrefine.runtime.tokenizer import cached_on
 
 _ENDS = ".!?"
 _MIN_PIECE = 4  # letters a biased word-start piece needs (shorter forms must be whole)
@@ -79,10 +80,7 @@ class _Vocab:
 
 def _vocab(tokenizer: Any, eos_ids: tuple[int, ...]) -> _Vocab:
     """Built once per tokenizer (decoding 49 k token strings takes a while) and kept on it."""
-    cache = tokenizer.__dict__.setdefault("_guide_vocab", {}) if hasattr(tokenizer, "__dict__") else {}
-    if eos_ids not in cache:
-        cache[eos_ids] = _build_vocab(tokenizer, eos_ids)
-    return cache[eos_ids]
+    return cached_on(tokenizer, ("guide_vocab", eos_ids), lambda: _build_vocab(tokenizer, eos_ids))
 
 
 def _build_vocab(tokenizer: Any, eos_ids: tuple[int, ...]) -> _Vocab:
@@ -110,15 +108,8 @@ class Guide:
         self.eos = frozenset(int(e) for e in eos_ids)
         self.keywords = tuple(dict.fromkeys(k.strip().lower() for k in keywords if k.strip()))
         self.vocab = _vocab(tokenizer, tuple(sorted(self.eos)))
-        self.forms = {k: self._forms(k) for k in self.keywords}
+        self.forms = {k: surface_forms(k) for k in self.keywords}
         self.starts = {k: self._start_ids(f) for k, f in self.forms.items()}
-
-    @staticmethod
-    def _forms(keyword: str) -> tuple[str, ...]:
-        """Surface forms of a concept: every inflection of its head word, the rest kept."""
-        head, *rest = keyword.split()
-        tail = " " + " ".join(rest) if rest else ""
-        return tuple(f + tail for f in inflections(head))
 
     def _start_ids(self, forms: Sequence[str]) -> np.ndarray:
         """Tokens that are " form" or a word-start piece of it of at least 4 letters (shorter
@@ -130,8 +121,7 @@ class Guide:
         return np.array(sorted(ids), dtype=np.int64)
 
     def missing(self, text: str) -> list[str]:
-        have = set(covered_keywords(text, self.keywords))
-        return [k for k in self.keywords if k not in have]
+        return [k for k, c in zip(self.keywords, covered(text, self.keywords)) if not c]
 
     def adjusted(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
         """The logits the guide chooses from after `ids` (the output so far)."""

@@ -66,6 +66,14 @@ def inflections(word: str) -> tuple[str, ...]:
     return (w, *sorted(f for f in forms if f != w and (f in irregular or want & word_forms(f))))
 
 
+def surface_forms(keyword: str) -> tuple[str, ...]:
+    """Every way a concept can appear: each inflection of its head word, the other words kept
+    ("sit down" → sit down, sits down, sat down, …)."""
+    head, *rest = keyword.split()
+    tail = " " + " ".join(rest) if rest else ""
+    return tuple(f + tail for f in inflections(head))
+
+
 def covered(text: str, keywords: Sequence[str]) -> list[bool]:
     hits = set(covered_keywords(text, keywords))
     return [k in hits for k in keywords]

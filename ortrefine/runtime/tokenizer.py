@@ -16,7 +16,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -28,6 +28,15 @@ def one_line(e: BaseException) -> str:
     """`Type: message` on one line (for errors that name an exception raised by someone else's code)."""
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def cached_on(obj: Any, key: Any, build: Callable[[], Any]) -> Any:
+    """`build()` computed once per object and kept on it (tables derived from a whole vocabulary:
+    the keyword guide's, the contrastive term's check); objects without a __dict__ get no cache."""
+    cache = obj.__dict__.setdefault("_ortrefine_cache", {}) if hasattr(obj, "__dict__") else {}
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 def check_text(text: str, what: str = "the text") -> str:

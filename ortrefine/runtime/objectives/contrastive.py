@@ -21,6 +21,7 @@ from ortrefine.errors import ConfigError
 from ortrefine.runtime.objectives.base import Term
 from ortrefine.runtime.objectives.options import Option
 from ortrefine.runtime.objectives.registry import register
+from ortrefine.runtime.tokenizer import cached_on
 
 _AMATEURS: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -38,12 +39,14 @@ def load_amateur(path: str) -> Any:
         return _AMATEURS[key]
 
 
+def _token_table(tok: Any) -> tuple[str, ...]:
+    return cached_on(tok, "token_strings", lambda: tuple(tok.token_strings(list(range(tok.vocab_size)))))
+
+
 def same_vocabulary(a: Any, b: Any) -> bool:
-    """Whether two tokenizers map every id to the same token (the amateur scores the model's ids)."""
-    if a.vocab_size != b.vocab_size:
-        return False
-    ids = list(range(a.vocab_size))
-    return a.token_strings(ids) == b.token_strings(ids)
+    """Whether two tokenizers map every id to the same token (the amateur scores the model's ids).
+    Each side's table is read once per tokenizer, not on every refine()."""
+    return a.vocab_size == b.vocab_size and _token_table(a) == _token_table(b)
 
 
 @register

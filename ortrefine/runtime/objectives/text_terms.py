@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ortrefine.errors import ConfigError
-from ortrefine.runtime.keywords import covered as keyword_coverage, inflections, is_list
+from ortrefine.runtime.keywords import covered as keyword_coverage, is_list, surface_forms
 from ortrefine.runtime.objectives.base import Term
 from ortrefine.runtime.objectives.options import Option
 from ortrefine.runtime.objectives.registry import register
@@ -84,11 +84,9 @@ class Coverage(Term):
     @staticmethod
     def _first_tokens_of(tok, keyword: str) -> list[int]:
         """The tokens that can start `keyword` in any inflection: what `propose` offers while it is missing."""
-        head, *rest = keyword.split()
-        tail = " " + " ".join(rest) if rest else ""
         firsts = set()
-        for form in inflections(head):
-            for text in (" " + form + tail, form + tail, " " + form.capitalize() + tail):
+        for form in surface_forms(keyword):
+            for text in (" " + form, form, " " + form.capitalize()):
                 ids = tok.encode_plain(text)
                 if ids:
                     firsts.add(ids[0])
