@@ -82,5 +82,5 @@ def test_the_server_refuses_contrastive_terms():
     from ortrefine.serve.schemas import parse_refine
     from ortrefine.serve.settings import ServeSettings
 
-    with pytest.raises(Exception, match="contrastive terms import code or open files"):
+    with pytest.raises(Exception, match="contrastive and judge terms import code or open files"):
         parse_refine({"model": "m", "prompt": "p", "objectives": ["logprob", "contrastive:amateur=/tmp/x"]}, ServeSettings())

@@ -145,7 +145,7 @@ def text_length(pairs):
 
 
 @pytest.mark.parametrize("spec,err,match", [
-    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, length, logprob"),
+    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, judge, length, logprob"),
     ("logprob=nan", ConfigError, "finite"),
     ("logprob=-1", ConfigError, "negative weight"),
     ("coverage=abc", ConfigError, "not a number"),
@@ -327,6 +327,20 @@ def test_inflections_of_a_missing_concept_are_proposed():
     assert {"stood", "stands", "standing"} <= set(inflections("stand")) and "standed" not in inflections("stand")
     assert {"caught", "catches"} <= set(inflections("catch")) and "catched" not in inflections("catch")
     assert inflections("frisbee")[0] == "frisbee" and "frisbees" in inflections("frisbee")
+
+
+def test_coverage_proposes_a_missing_concepts_first_tokens_unless_forms_is_off():
+    from fakelm import CHARS
+    from ortrefine.runtime.objectives import Context, Coverage
+
+    lm = table_lm({})
+    ctx = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8, keywords=("bad", "head"))
+    on, off = Coverage(1.0, ctx), Coverage(1.0, ctx, forms=False)
+    ids = lambda letters: {CHARS.index(c) for c in letters}  # noqa: E731
+    # this vocabulary has no capitals, so "Bad" encodes as "ad": its first token is "a"
+    assert set(on.propose([CHARS.index("c")])) == ids("bahe")
+    assert set(on.propose([CHARS.index(c) for c in "bad"])) == ids("he")  # "bad" is covered now
+    assert off.propose([CHARS.index("c")]) == [] and off.max_value() == on.max_value()
 
 
 def test_keywords_alone_turn_coverage_on_in_the_cli(tmp_path):

@@ -8,7 +8,7 @@ is batched with others (dynamic int8 is batch-dependent). Writes report.json, re
 report.png (matplotlib, optional).
 
 An evaluation harness, not part of the edge runtime: it lives beside `ortrefine eval` and shares
-its judging path (ortrefine.evaluate.judge), which the runtime must not import.
+its judging path (ortrefine.runtime.judging, re-exported by ortrefine.evaluate.judge).
 """
 
 from __future__ import annotations

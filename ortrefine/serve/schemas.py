@@ -353,7 +353,7 @@ def parse_refine(body: Any, settings: ServeSettings) -> RefineRequest:
         raise APIError("edits insert/delete only apply with mode keep (regenerate re-decodes the suffix after every "
                        "substitution); add \"mode\": \"keep\", or use edits substitute", param="edits")
     for o in cfg.get("objectives", []):
-        if o.strip().startswith(("reward", "contrastive")):
-            raise APIError("reward and contrastive terms import code or open files named in the request, so the server refuses them; "
+        if o.strip().startswith(("reward", "contrastive", "judge")):
+            raise APIError("reward, contrastive and judge terms import code or open files named in the request, so the server refuses them; "
                            "use logprob, mean-logprob, length, repetition, echo, coverage or reference", param="objectives")
     return RefineRequest(model, prompt, messages, cfg)

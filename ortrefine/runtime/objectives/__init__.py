@@ -5,8 +5,9 @@ Two kinds of term:
   log-probabilities, each term ≤ 0 — so a partial sum bounds the final value from above, which
   is what lets the refiner drop a candidate exactly before it is fully scored.
 - *Text terms* (length, repetition, coverage: `text_terms`; reward: `reward`; contrastive: another
-  bundle's log P, `contrastive`) are computed on finished candidates; each states the largest
-  value it can take (`max_value`), +inf when unknown (reward, contrastive).
+  bundle's log P of the same ids, `contrastive`; judge: another model's log P of the text,
+  `judge_term`) are computed on finished candidates; each states the largest value it can take
+  (`max_value`), +inf when unknown (reward, contrastive).
 All terms go through `Objective.evaluate`, the one scoring interface of the refiner.
 
 A new term is one class: subclass `Term`, set `name` and `options` (name -> `Option`), write
@@ -21,11 +22,12 @@ from ortrefine.runtime.objectives.lm_terms import LogProb, MeanLogProb, Referenc
 from ortrefine.runtime.objectives.text_terms import Coverage, Echo, Length, Repetition
 from ortrefine.runtime.objectives.reward import Reward
 from ortrefine.runtime.objectives.contrastive import Contrastive
+from ortrefine.runtime.objectives.judge_term import Judge
 from ortrefine.runtime.objectives.spec import ObjectiveSpec
 from ortrefine.runtime.objectives.objective import Objective, build_term
 
 __all__ = [
     "Batch", "Context", "Term", "Option", "opt_bool", "opt_float", "opt_int", "TERMS", "register", "term_class",
-    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Length", "Repetition", "Reward", "Contrastive",
+    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Length", "Repetition", "Reward", "Contrastive", "Judge",
     "ObjectiveSpec", "Objective", "build_term",
 ]

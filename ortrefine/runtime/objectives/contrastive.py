@@ -11,8 +11,6 @@ tokenizer (the model's own int4 bundle, or its distilled student), loaded once p
 from __future__ import annotations
 
 import math
-import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,23 +18,10 @@ import numpy as np
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.objectives.base import Term
 from ortrefine.runtime.objectives.options import Option
+from ortrefine.runtime.objectives.other_model import check_folder
+from ortrefine.runtime.objectives.other_model import load_bundle as load_amateur
 from ortrefine.runtime.objectives.registry import register
 from ortrefine.runtime.tokenizer import cached_on
-
-_AMATEURS: dict[str, Any] = {}
-_LOCK = threading.Lock()
-
-
-def load_amateur(path: str) -> Any:
-    """The amateur's LM, loaded on first use and shared after (a bundle takes a second to open)."""
-    from ortrefine.runtime.session import load
-
-    folder = Path(path).expanduser()
-    key = str(folder.resolve()) if folder.is_dir() else path
-    with _LOCK:
-        if key not in _AMATEURS:
-            _AMATEURS[key] = load(str(folder) if folder.is_dir() else path, provider="cpu")
-        return _AMATEURS[key]
 
 
 def _token_table(tok: Any) -> tuple[str, ...]:
@@ -67,8 +52,7 @@ class Contrastive(Term):
         self.lm_amateur = None
         if self.ctx is None:  # a spec checked without a task: the bundle is opened when one runs
             return
-        if not Path(self.amateur).expanduser().is_dir() and "/" in self.amateur:
-            raise ConfigError(f"objective 'contrastive': no bundle folder at {self.amateur}")
+        check_folder(self.name, self.amateur)
         self.lm_amateur = load_amateur(self.amateur)
         if not same_vocabulary(self.lm_amateur.tokenizer, self.ctx.tokenizer):
             raise ConfigError(f"objective 'contrastive': the amateur {self.amateur} has another tokenizer; "
