@@ -329,18 +329,31 @@ def test_inflections_of_a_missing_concept_are_proposed():
     assert inflections("frisbee")[0] == "frisbee" and "frisbees" in inflections("frisbee")
 
 
-def test_coverage_proposes_a_missing_concepts_first_tokens_unless_forms_is_off():
+def test_coverage_proposes_a_missing_concepts_first_tokens_where_the_guide_does_not_run():
+    from dataclasses import replace
+
     from fakelm import CHARS
     from ortrefine.runtime.objectives import Context, Coverage
 
     lm = table_lm({})
     ctx = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8, keywords=("bad", "head"))
-    on, off = Coverage(1.0, ctx), Coverage(1.0, ctx, forms=False)
+    guided = replace(ctx, guided=True)
     ids = lambda letters: {CHARS.index(c) for c in letters}  # noqa: E731
     # this vocabulary has no capitals, so "Bad" encodes as "ad": its first token is "a"
-    assert set(on.propose([CHARS.index("c")])) == ids("bahe")
-    assert set(on.propose([CHARS.index(c) for c in "bad"])) == ids("he")  # "bad" is covered now
-    assert off.propose([CHARS.index("c")]) == [] and off.max_value() == on.max_value()
+    assert set(Coverage(1.0, ctx).propose([CHARS.index("c")])) == ids("bahe")
+    assert set(Coverage(1.0, ctx).propose([CHARS.index(c) for c in "bad"])) == ids("he")  # "bad" is covered now
+    assert Coverage(1.0, guided).propose([CHARS.index("c")]) == []  # the guide steers the suffixes instead
+    assert set(Coverage(1.0, guided, forms=True).propose([CHARS.index("c")])) == ids("bahe")
+    assert Coverage(1.0, ctx, forms=False).propose([CHARS.index("c")]) == []
+
+
+def test_guided_refinement_gets_no_coverage_proposals_and_unguided_does():
+    from ortrefine.runtime.refine import RefineConfig, refine
+
+    lm = table_lm({"a": {"b": 0.6, "c": 0.3}, "b": {"d": 0.9}, "c": {"d": 0.9}, "d": {"_": 0.9}})
+    cfg = RefineConfig(keywords=("hhh",), max_new_tokens=3, screen=0, top_k=1)
+    guided, plain = refine(lm, "a", cfg), refine(lm, "a", RefineConfig(keywords=("hhh",), max_new_tokens=3, screen=0, top_k=1, guide=False))
+    assert plain.cost.candidates > guided.cost.candidates
 
 
 def test_keywords_alone_turn_coverage_on_in_the_cli(tmp_path):

@@ -49,6 +49,7 @@ class Context:
     initial_len: int | None = None
     prompt_ids: list[int] = field(default_factory=list)  # the encoded prompt (chat template applied), for terms that score with another model
     chat: bool = False  # the prompt is a chat turn (a judge of another family reads the answer on the next line)
+    guided: bool = False  # the keyword guide steers every re-decoded suffix toward the missing keywords
 
 
 class Term:
