@@ -90,3 +90,18 @@ def table_lm(table: dict[str, dict[str, float]], default: float = 1e-3) -> FakeL
         return np.log(p / p.sum()).astype(np.float32)
 
     return FakeLM(next_logprobs)
+
+
+def make_batch_dependent(lm: FakeLM, scale: float = 0.05) -> FakeLM:
+    """Make `lm` behave like a dynamic-int8 bundle: every logit moves with the batch size, and its
+    manifest says so (`batch_invariant: false`)."""
+    real_forward = lm.forward
+
+    def forward(input_ids, past=None, attention_mask=None, keep_last=None):
+        out = real_forward(input_ids, past, attention_mask, keep_last)
+        out.logits[:] += scale * (np.asarray(input_ids).shape[0] - 1) * np.arange(out.logits.shape[-1])
+        return out
+
+    lm.forward = forward
+    lm.bundle.manifest = {"batch_invariant": False}
+    return lm

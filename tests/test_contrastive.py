@@ -3,9 +3,10 @@ it cannot work (no amateur, another tokenizer, over HTTP)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from fakelm import CHARS, table_lm
+from fakelm import CHARS, make_batch_dependent, table_lm
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.objectives import contrastive as contrastive_mod
 from ortrefine.runtime.refine import RefineConfig, refine
@@ -84,3 +85,16 @@ def test_the_server_refuses_contrastive_terms():
 
     with pytest.raises(Exception, match="contrastive and judge terms import code or open files"):
         parse_refine({"model": "m", "prompt": "p", "objectives": ["logprob", "contrastive:amateur=/tmp/x"]}, ServeSettings())
+
+
+def test_a_batch_dependent_amateur_scores_each_candidate_alone(amateur):
+    from ortrefine.runtime.objectives import Batch, Context, Objective
+
+    make_batch_dependent(amateur)
+
+    def value(rows):
+        ctx = Context(prompt="a", tokenizer=table_lm(EXPERT).tokenizer, eos_ids=(0,), max_len=3, prompt_ids=[1])
+        ids = [[CHARS.index(c) for c in t] for t in rows]
+        return Objective(["contrastive=am"], ctx).evaluate(Batch("a", ids, [np.zeros(len(i)) for i in ids], rows))[0][0]
+
+    assert value(["cd"]) == value(["cd", "bf", "be"])

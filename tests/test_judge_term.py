@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fakelm import CHARS, FakeLM, table_lm
+from fakelm import CHARS, FakeLM, make_batch_dependent, table_lm
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.objectives import judge_term as judge_mod
 from ortrefine.runtime.refine import RefineConfig, refine
@@ -156,3 +156,85 @@ def test_eval_marks_a_judge_term_as_the_judge_inside_j(tmp_path):
         (d / "ortrefine.json").write_text("{}")
     cfg = EvalConfig(model=str(model), judges=[str(judge)], systems=[System("r", "refine", {"objectives": ["logprob", f"judge={judge}"]})])
     assert independence(cfg, str(judge))["independent"] is False
+
+
+class SpaceTokenizer(ReversedTokenizer):
+    """The reversed vocabulary with a real space token (id 1, where "h" was): an output of
+    blanks is text the judge can read."""
+
+    def encode_plain(self, text):
+        return [1 if c == " " else len(CHARS) - CHARS.index(c) for c in text if c == " " or c in LETTERS[:-1]]
+
+
+def test_an_output_of_blanks_is_judged_as_text_not_given_a_mild_floor(judge):
+    from ortrefine.runtime.judging import judge_texts
+    from ortrefine.runtime.objectives import Batch, Context, Objective
+
+    judge.tokenizer = SpaceTokenizer()
+    ctx = Context(prompt="a", tokenizer=table_lm(MODEL).tokenizer, eos_ids=(0,), max_len=3)
+    got = Objective(["judge=j"], ctx).evaluate(Batch("a", [[1, 1, 1]], [np.zeros(3)], ["   "]))[0]
+    want = float(judge.score(judge.tokenizer.encode("a"), [[1, 1, 1]]).totals[0])
+    assert got == pytest.approx(want, abs=1e-5) and got < -10  # three unlikely tokens, not one
+    assert judge_texts(judge, "a", ["   "])[0].tokens == 0  # eval still reports blanks as nothing read
+
+
+def test_a_judge_too_short_for_the_prompt_and_the_cap_is_refused(judge):
+    judge.bundle.context_length = 4
+    with pytest.raises(ConfigError, match="too few for this prompt and 3 new tokens"):
+        refine(table_lm(MODEL), "a", RefineConfig(objectives=["logprob", "judge=j"], max_new_tokens=3))
+
+
+def test_a_batch_dependent_judge_scores_each_text_alone(judge):
+    from ortrefine.runtime.objectives import Batch, Context, Objective
+
+    make_batch_dependent(judge)
+
+    def value(texts):
+        ctx = Context(prompt="a", tokenizer=table_lm(MODEL).tokenizer, eos_ids=(0,), max_len=3)
+        ids = [[CHARS.index(c) for c in t] for t in texts]
+        return Objective(["judge=j"], ctx).evaluate(Batch("a", ids, [np.zeros(len(i)) for i in ids], texts))[0][0]
+
+    assert value(["bf"]) == value(["bf", "cd", "bd"])
+
+
+def test_an_output_the_guide_ended_pays_the_judges_end_of_text(judge):
+    from ortrefine.runtime.objectives import Batch, Context, Objective
+
+    def value(finished):
+        ctx = Context(prompt="a", tokenizer=table_lm(MODEL).tokenizer, eos_ids=(0,), max_len=3, finished=finished)
+        return Objective(["judge=j"], ctx).evaluate(Batch("a", [[2, 6]], [np.zeros(2)], ["bf"]))[0]
+
+    assert value(None) == pytest.approx(judge_lp("a", "bf", ended=False), abs=1e-5)
+    assert value(lambda ids: ids[-1] == 6) == pytest.approx(judge_lp("a", "bf", ended=True), abs=1e-5)
+
+
+def test_refine_hands_the_guides_sentence_stop_to_the_terms(monkeypatch):
+    from ortrefine.runtime.refine import loop
+
+    seen = {}
+    real = loop.Context
+
+    def spy(**kw):
+        seen.update(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(loop, "Context", spy)
+    refine(table_lm(MODEL), "a", RefineConfig(keywords=("bad",), max_new_tokens=3, screen=0))
+    assert seen["guided"] and seen["finished"] is not None
+    refine(table_lm(MODEL), "a", RefineConfig(keywords=("bad",), max_new_tokens=3, screen=0, guide={"bias": 0.0}))
+    assert not seen["guided"]  # a guide that steers nowhere leaves the coverage proposals on
+    refine(table_lm(MODEL), "a", RefineConfig(max_new_tokens=3, screen=0))
+    assert not seen["guided"] and seen["finished"] is None
+
+
+def test_eval_sees_a_judge_named_with_a_tilde(tmp_path, monkeypatch):
+    from ortrefine.evaluate.data import System
+    from ortrefine.evaluate.run import EvalConfig, independence
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "ortrefine.json").write_text("{}")
+    (tmp_path / "m").mkdir()
+    cfg = EvalConfig(model=str(tmp_path / "m"), judges=[str(tmp_path / "j")], systems=[System("r", "refine", {"objectives": ["logprob", "judge=~/j"]})])
+    reasons = independence(cfg, str(tmp_path / "j"))["reasons"]
+    assert any("system 'r' has the judge inside J" in r for r in reasons)

@@ -109,9 +109,20 @@ def independence(cfg: EvalConfig, judge: str) -> dict[str, Any]:
             _, _, opts = obj.partition(":")
             for value in [v.partition("=")[2] for v in opts.split(",")] + [obj.partition("=")[2].partition(":")[0]]:
                 value = value.strip()
-                if value and os.path.isdir(value) and Path(value, "ortrefine.json").is_file() and bundle_identity(value) == ident:
+                if value and _is_bundle(value) and bundle_identity(os.path.expanduser(value)) == ident:
                     reasons.append(f"system {s.name!r} has the judge inside J ({obj})")
     return {"independent": not reasons, "reasons": reasons}
+
+
+def _is_bundle(value: str) -> bool:
+    """Whether an objective's option names a bundle: a folder (`~` expanded) or a catalog name."""
+    from ortrefine.catalog import resolve_bundle_path
+
+    try:
+        folder = resolve_bundle_path(os.path.expanduser(value))
+    except Exception:  # noqa: BLE001 - not a bundle name; the objective says what it is when it runs
+        return False
+    return Path(folder, "ortrefine.json").is_file()
 
 
 def _judge_name(path: str, all_paths: Sequence[str]) -> str:

@@ -57,16 +57,19 @@ def judge_texts(judge: Any, context: str, texts: Sequence[str], batch: int = 4,
     pass and batched continuation passes through `LM.score`. Identical texts are scored once;
     `batch` bounds the rows per pass (a 262k vocabulary makes logits of 1 MB per token).
 
-    ended[k]: text k is a whole answer, so the judge also reads its own end-of-text token after
-    it (an objective must see that an output stopped, and an empty one then costs log p(eos));
-    by default texts are read as they are, which is what `ortrefine eval` reports."""
-    flags = list(ended) if ended is not None else [False] * len(texts)
+    ended: for an objective, which texts are whole answers: the judge also reads its own
+    end-of-text token after those (an objective must see that an output stopped, and an empty
+    one then costs log p(eos)), and a text of blanks is read as it is rather than skipped (or an
+    output of spaces would score better than any sentence). By default texts are read as
+    `ortrefine eval` reports them: blanks score nothing."""
+    objective = ended is not None
+    flags = list(ended) if objective else [False] * len(texts)
     eos = list(judge.eos_ids[:1]) if any(flags) else []
     out: dict[tuple[str, bool], JudgeScore] = {}
     groups: dict[tuple[int, ...], list[tuple[tuple[str, bool], list[int], bool]]] = {}
     for key in dict.fromkeys(zip(texts, flags)):
         text, end = key
-        if text.strip():
+        if text.strip() or (objective and text):
             ctx, ids, joint = split_ids(judge.tokenizer, context, text)
         else:
             ctx, ids, joint = judge.tokenizer.encode(context), [], True

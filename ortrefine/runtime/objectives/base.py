@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class Context:
     prompt_ids: list[int] = field(default_factory=list)  # the encoded prompt (chat template applied), for terms that score with another model
     chat: bool = False  # the prompt is a chat turn (a judge of another family reads the answer on the next line)
     guided: bool = False  # the keyword guide steers every re-decoded suffix toward the missing keywords
+    finished: Callable[[Sequence[int]], bool] | None = None  # where the task ends an output without eos (the guide's sentence stop)
 
 
 class Term:

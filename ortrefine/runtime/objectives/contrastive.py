@@ -18,7 +18,7 @@ import numpy as np
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.objectives.base import Term
 from ortrefine.runtime.objectives.options import Option
-from ortrefine.runtime.objectives.other_model import check_folder
+from ortrefine.runtime.objectives.other_model import check_folder, rows_per_pass
 from ortrefine.runtime.objectives.other_model import load_bundle as load_amateur
 from ortrefine.runtime.objectives.registry import register
 from ortrefine.runtime.tokenizer import cached_on
@@ -61,7 +61,9 @@ class Contrastive(Term):
     def evaluate(self, batch):
         if self.lm_amateur is None or not batch.ids:
             return np.zeros(len(batch), dtype=np.float64)
-        totals = np.asarray(self.lm_amateur.score(self.ctx.prompt_ids, batch.ids).totals, dtype=np.float64)
+        step = rows_per_pass(self.lm_amateur, len(batch.ids))
+        totals = np.concatenate([np.asarray(self.lm_amateur.score(self.ctx.prompt_ids, batch.ids[i:i + step]).totals, dtype=np.float64)
+                                 for i in range(0, len(batch.ids), step)])
         values = -totals
         if self.mean:
             values = values / np.maximum([len(i) for i in batch.ids], 1)

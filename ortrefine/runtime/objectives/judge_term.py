@@ -14,10 +14,11 @@ import math
 
 import numpy as np
 
+from ortrefine.errors import ConfigError
 from ortrefine.runtime.judging import JudgeScore, judge_context, judge_texts
 from ortrefine.runtime.objectives.base import Term
 from ortrefine.runtime.objectives.options import Option
-from ortrefine.runtime.objectives.other_model import check_folder, load_bundle
+from ortrefine.runtime.objectives.other_model import check_folder, load_bundle, rows_per_pass
 from ortrefine.runtime.objectives.registry import register
 
 
@@ -43,18 +44,32 @@ class Judge(Term):
         check_folder(self.name, self.bundle)
         self.lm_judge = load_bundle(self.bundle)
         self.context = judge_context(self.ctx.prompt, self.ctx.chat)
-        # a text the judge reads no token of (whitespace cut at the cap) scores as one token drawn at random
-        self.empty_value = -math.log(max(self.lm_judge.tokenizer.vocab_size, 2))
+        room = self.lm_judge.bundle.context_length - len(self.lm_judge.tokenizer.encode(self.context))
+        if room < self.ctx.max_len + 1:  # else long outputs would be judged on a prefix, without their end
+            raise ConfigError(f"objective 'judge': {self.bundle} reads {self.lm_judge.bundle.context_length} tokens, too few for "
+                              f"this prompt and {self.ctx.max_len} new tokens; shorten the prompt or --max-new-tokens")
+        self.rows = rows_per_pass(self.lm_judge, 4)
+        # a text the judge reads no token of (only special tokens, not ended) scores as if every
+        # position were a token drawn at random: never better than a text it can read
+        floor = -math.log(max(self.lm_judge.tokenizer.vocab_size, 2))
+        self.empty_value = floor if self.mean else floor * self.ctx.max_len
 
     def evaluate(self, batch):
         if self.lm_judge is None or not batch.ids:
             return np.zeros(len(batch), dtype=np.float64)
-        keys = [(text, bool(ids) and ids[-1] in self.ctx.eos_ids) for text, ids in zip(batch.texts, batch.ids)]
+        keys = [(text, self._ended(ids)) for text, ids in zip(batch.texts, batch.ids)]
         todo = [k for k in dict.fromkeys(keys) if k not in self._seen]
         if todo:
-            scores = judge_texts(self.lm_judge, self.context, [t for t, _ in todo], ended=[e for _, e in todo])
+            scores = judge_texts(self.lm_judge, self.context, [t for t, _ in todo], batch=self.rows, ended=[e for _, e in todo])
             self._seen.update(zip(todo, scores))
         return np.array([self._value(self._seen[k]) for k in keys], dtype=np.float64)
+
+    def _ended(self, ids: list[int]) -> bool:
+        """Y is a whole answer: it ended with eos, or where the task ends it (the keyword guide's
+        sentence stop), so the judge reads its own end of text after it."""
+        if not ids:
+            return False
+        return ids[-1] in self.ctx.eos_ids or (self.ctx.finished is not None and self.ctx.finished(ids))
 
     def _value(self, score: JudgeScore) -> float:
         if not score.tokens:

@@ -29,3 +29,9 @@ def check_folder(term: str, path: str) -> None:
     """A path-like name (it has a slash) must be a folder; a bare name may be a catalog entry."""
     if not Path(path).expanduser().is_dir() and "/" in path:
         raise ConfigError(f"objective {term!r}: no bundle folder at {path}")
+
+
+def rows_per_pass(lm: Any, default: int) -> int:
+    """1 for a batch-dependent bundle (dynamic int8: a row's scores move with its batch-mates, so a
+    cached value would depend on which candidates it was first scored with), else `default`."""
+    return default if lm.bundle.manifest.get("batch_invariant", True) else 1

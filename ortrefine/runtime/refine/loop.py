@@ -76,7 +76,9 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         self.ctx = Context(
             prompt=prompt_text, tokenizer=tok, eos_ids=self.lm.eos_ids, max_len=cfg.max_new_tokens,
             keywords=cfg.keywords, reference=cfg.reference, reference_ids=ref_ids, initial_len=initial_len,
-            prompt_ids=list(prompt_ids or []), chat=cfg.chat, guided=self.guide is not None,
+            prompt_ids=list(prompt_ids or []), chat=cfg.chat,
+            guided=self.guide is not None and self.guide.cfg.bias > 0,
+            finished=self.guide.ends if self.guide is not None else None,
         )
         self.objective = Objective(cfg.objectives, self.ctx)
         self.ref_ids = np.array(ref_ids, dtype=np.int64)
