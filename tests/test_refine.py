@@ -145,7 +145,7 @@ def text_length(pairs):
 
 
 @pytest.mark.parametrize("spec,err,match", [
-    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, judge, length, logprob"),
+    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, finish, judge, length, logprob"),
     ("logprob=nan", ConfigError, "finite"),
     ("logprob=-1", ConfigError, "negative weight"),
     ("coverage=abc", ConfigError, "not a number"),
@@ -302,7 +302,7 @@ def test_task_inputs_switch_their_term_on(kw, term):
 
     names = [ObjectiveSpec.parse(str(o)).name for o in RefineConfig(**kw).objectives]
     # keywords get the keyword task's J (per-token log P: summed log P cut sentences to fragments)
-    assert names == (["mean-logprob", "repetition", term] if term == "coverage" else ["logprob", "repetition", "echo", "length", term])
+    assert names == (["mean-logprob", "repetition", term, "finish"] if term == "coverage" else ["logprob", "repetition", "echo", "length", term])
     added = [str(o) for o in RefineConfig(objectives=["logprob"], **kw).objectives]
     assert added == ["logprob", "coverage=2.0" if term == "coverage" else "reference"]  # the task's term joins a J the user named
     explicit = RefineConfig(objectives=["logprob", f"{term}=3.0"], **kw).objectives
@@ -372,3 +372,16 @@ def test_keywords_given_as_one_string_are_refused_not_split_into_letters():
     with pytest.raises(ConfigError, match="not one string"):
         RefineConfig(keywords="dog,frisbee")
     assert RefineConfig(keywords=["dog", "frisbee"]).keywords == ("dog", "frisbee")
+
+
+def test_finish_counts_an_output_cut_off_at_the_cap():
+    from ortrefine.runtime.objectives import Batch, Context, Finish
+
+    lm = table_lm({})
+    ids = [[1, 2, 0], [1, 2, 3], [1, 2], [1, 6, 3]]  # ended by eos; cut at the cap; short; ended where the task ends it
+    batch = Batch("p", ids, [np.zeros(len(i)) for i in ids], ["ab", "abc", "ab", "afc"])
+    plain = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=3)
+    assert Finish(1.0, plain).evaluate(batch).tolist() == [0.0, -1.0, 0.0, -1.0]
+    task = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=3, finished=lambda i: i[1] == 6)
+    assert Finish(1.0, task).evaluate(batch).tolist() == [0.0, -1.0, 0.0, 0.0]
+    assert Finish(1.0, plain).max_value() == 0.0

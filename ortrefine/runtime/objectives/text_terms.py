@@ -35,6 +35,25 @@ class Length(Term):
 
 
 @register
+class Finish(Term):
+    """finish(Y) = −1 when Y stops at the length cap unfinished (no eos, and not where the task
+    ends it: the keyword guide's sentence stop), else 0. A sentence cut off at the cap is not
+    the sentence asked for, however likely its words."""
+
+    name = "finish"
+
+    def evaluate(self, batch):
+        ctx = self.ctx
+        return np.array([-1.0 if len(ids) >= ctx.max_len and not self._ended(ids) else 0.0 for ids in batch.ids], dtype=np.float64)
+
+    def _ended(self, ids) -> bool:
+        return bool(ids) and (ids[-1] in self.ctx.eos_ids or (self.ctx.finished is not None and self.ctx.finished(ids)))
+
+    def max_value(self) -> float:
+        return 0.0
+
+
+@register
 class Repetition(Term):
     """repetition(Y) = −#(repeated token n-grams): every n-gram occurrence after its first counts 1."""
 

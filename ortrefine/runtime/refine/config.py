@@ -28,7 +28,8 @@ DEFAULT_OBJECTIVES = ("logprob", "repetition=1.0", "echo=4.0", "length=2.0:short
 # cut sentences down to fragments that drop concepts ("A spoon."); per-token log P does not. On
 # CommonGen sets of 4-5 concepts it put every concept in a real sentence far more often than
 # DEFAULT_OBJECTIVES + coverage, at a much higher cost per prompt (benchmarks/eval/commongen-*).
-KEYWORD_OBJECTIVES = ("mean-logprob", "repetition=1.0", "coverage=1.0")
+# finish: the task asks for one sentence, and one cut off at the cap is not one.
+KEYWORD_OBJECTIVES = ("mean-logprob", "repetition=1.0", "coverage=1.0", "finish=2.0")
 # Terms a task's inputs switch on when the user gave the input but not its term.
 TASK_TERMS = {"keywords": "coverage=2.0", "reference": "reference"}
 
