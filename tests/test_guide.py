@@ -227,3 +227,15 @@ def test_no_guide_in_the_cli_only_where_the_guide_would_run(tmp_path, args, ok):
         assert r.exit_code == 1 and "no bundle at" in r.output  # accepted; only the missing bundle stops it
     else:
         assert r.exit_code == 2 and "--no-guide only applies with --keywords" in r.output
+
+
+def test_j_of_a_sentence_at_the_cap_is_the_same_with_the_guide_off():
+    """finish counts the keyword sentence's end as an ending whether or not the guide steered,
+    so `--no-guide`, keep mode and evaluate_objective score the refined text as refine did."""
+    lm = bigram_lm(STORY)
+    cfg = RefineConfig(keywords=("cat", "park"), guide=GuideConfig(bias=2.0), max_new_tokens=7, screen=0, sweeps=2)
+    r = refine(lm, "A", cfg)
+    assert len(r.final.ids) == 7 and r.final.text.endswith(".") and r.objective_after["finish"] == 0.0
+    for other in (RefineConfig(keywords=("cat", "park"), guide=False, max_new_tokens=7), RefineConfig(keywords=("cat", "park"), mode="keep", max_new_tokens=7)):
+        again = evaluate_objective(lm, "A", r.final.ids, other)
+        assert again["total"] == pytest.approx(r.objective_after["total"], abs=1e-5)

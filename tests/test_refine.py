@@ -374,14 +374,34 @@ def test_keywords_given_as_one_string_are_refused_not_split_into_letters():
     assert RefineConfig(keywords=["dog", "frisbee"]).keywords == ("dog", "frisbee")
 
 
-def test_finish_counts_an_output_cut_off_at_the_cap():
+def test_finish_counts_an_output_that_stops_without_ending():
     from ortrefine.runtime.objectives import Batch, Context, Finish
 
     lm = table_lm({})
-    ids = [[1, 2, 0], [1, 2, 3], [1, 2], [1, 6, 3]]  # ended by eos; cut at the cap; short; ended where the task ends it
-    batch = Batch("p", ids, [np.zeros(len(i)) for i in ids], ["ab", "abc", "ab", "afc"])
+    ids = [[1, 2, 0], [1, 2, 3], [1, 2], [1, 3, 6], [1, 2, 3, 4]]  # eos; cut at the cap; shorter, no eos; the task's end; over the cap
+    batch = Batch("p", ids, [np.zeros(len(i)) for i in ids], ["ab", "abc", "ab", "acf", "abcd"])
     plain = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=3)
-    assert Finish(1.0, plain).evaluate(batch).tolist() == [0.0, -1.0, 0.0, -1.0]
-    task = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=3, finished=lambda i: i[1] == 6)
-    assert Finish(1.0, task).evaluate(batch).tolist() == [0.0, -1.0, 0.0, 0.0]
+    assert Finish(1.0, plain).evaluate(batch).tolist() == [0.0, -1.0, -1.0, -1.0, -1.0]
+    task = Context(prompt="p", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=3, finished=lambda i: i[-1] == 6)
+    assert Finish(1.0, task).evaluate(batch).tolist() == [0.0, -1.0, -1.0, 0.0, -1.0]
     assert Finish(1.0, plain).max_value() == 0.0
+
+
+def test_deleting_a_token_of_a_cut_off_output_does_not_finish_it():
+    """keep mode: a capped output one token shorter is still cut off, so finish rewards no delete."""
+    lm = table_lm({"_": {"a": .9}, "a": {"b": .9}, "b": {"c": .9}, "c": {"d": .9}, "d": {"a": .9}})
+    r = refine(lm, "a", RefineConfig(keywords=("zzz",), mode="keep", edits=("delete",), top_k=1, max_new_tokens=6, screen=0))
+    assert r.final.ids == r.initial.ids and r.objective_after["finish"] == -1.0
+
+
+def test_a_config_copied_with_keywords_gets_the_keyword_j():
+    """batch records and compare prompts add their keywords with dataclasses.replace."""
+    from dataclasses import replace
+
+    from ortrefine.runtime.refine import KEYWORD_OBJECTIVES
+
+    copied = replace(RefineConfig(max_new_tokens=8), keywords=("dog",))
+    assert [str(o) for o in copied.objectives] == list(KEYWORD_OBJECTIVES)
+    assert [str(o) for o in replace(copied, keywords=()).objectives] == [str(o) for o in RefineConfig().objectives]
+    named = replace(RefineConfig(objectives=["logprob"]), keywords=("dog",))
+    assert [str(o) for o in named.objectives] == ["logprob", "coverage=2.0"]  # a J the user named stays theirs

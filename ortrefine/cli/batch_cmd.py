@@ -36,7 +36,7 @@ SETTINGS = ("task", "model", "provider", "threads", "chat", "system", "max_new_t
 @click.option("--early-stopping", type=click.Choice(["false", "true", "never"]), default=None, help="generate, --strategy beam.")
 @click.option("--stop", multiple=True, type=Text(), help="generate: stop string (repeatable).")
 @click.option("--objective", "objectives", multiple=True, type=Text(), help="refine: term NAME[=WEIGHT][:key=value,...] (repeatable).")
-@click.option("--keywords", default=None, type=Text(), help="refine: comma-separated keywords for the coverage term.")
+@click.option("--keywords", default=None, type=Text(), help="refine: comma-separated keywords (the keyword J and guide, as refine --keywords).")
 @click.option("--reference", default=None, type=Text(), help="refine: reference text for the reference term.")
 @click.option("--mode", default=None, help="refine: keep | regenerate.")
 @click.option("--sweeps", type=click.IntRange(min=1), default=None, help="refine.")

@@ -130,7 +130,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.option("--objective", "objectives", multiple=True, type=Text(),
               help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, coverage, reference, reward, contrastive, judge, echo, finish) "
                    "[default: " + " ".join(_default_objectives()) + "; with --keywords: " + " ".join(_keyword_objectives()) + "].")
-@click.option("--keywords", default=None, type=Text(), help="Comma-separated words the output must use (adds the coverage term).")
+@click.option("--keywords", default=None, type=Text(), help="Comma-separated words the output must use: switches on the keyword J (coverage, finish) and the keyword guide.")
 @click.option("--reference", default=None, type=Text(), help="Reference text (adds the reference term).")
 @click.option("--mode", type=LibraryChoice(_modes), default="regenerate", show_default=True)
 @click.option("--top-k", default="3", show_default=True, callback=lambda ctx, param, value: _top_k(value), help="Proposals per position, or 'all' for the whole vocabulary.")

@@ -189,7 +189,8 @@ def _judge_prompt(lm: Any, judge_lm: Any, same_tok: bool, item: PromptItem, c: R
     ini, fin = r.initial.ids, r.final.ids
     if not same_tok:
         tok = judge_lm.tokenizer
-        ini, fin = tok.encode_plain(r.initial.text), tok.encode_plain(r.final.text)
+        ini, fin = (tok.encode_plain(out.text) + ([judge_lm.eos_ids[0]] if out.ids and out.ids[-1] in lm.eos_ids else [])
+                    for out in (r.initial, r.final))  # an output that ended still ends: the finish and length terms see it
     jb = evaluate_objective(judge_lm, item.prompt, ini, c, initial_len=len(ini))
     ja = evaluate_objective(judge_lm, item.prompt, fin, c, initial_len=len(ini))  # J's length term measures against Y⁰
     lp0, lp1 = judge_texts(judge_lm, judge_context(item.prompt, item.chat), [r.initial.text, r.final.text])

@@ -36,15 +36,15 @@ class Length(Term):
 
 @register
 class Finish(Term):
-    """finish(Y) = −1 when Y stops at the length cap unfinished (no eos, and not where the task
-    ends it: the keyword guide's sentence stop), else 0. A sentence cut off at the cap is not
-    the sentence asked for, however likely its words."""
+    """finish(Y) = −1 when Y stops without ending (no eos, and not where the task ends it: a
+    keyword sentence's end), else 0. A sentence cut off at the token cap is not the sentence
+    asked for, however likely its words. Any length counts, so deleting a token of a cut-off
+    output (keep mode) does not finish it."""
 
     name = "finish"
 
     def evaluate(self, batch):
-        ctx = self.ctx
-        return np.array([-1.0 if len(ids) >= ctx.max_len and not self._ended(ids) else 0.0 for ids in batch.ids], dtype=np.float64)
+        return np.array([0.0 if self._ended(ids) else -1.0 for ids in batch.ids], dtype=np.float64)
 
     def _ended(self, ids) -> bool:
         return bool(ids) and (ids[-1] in self.ctx.eos_ids or (self.ctx.finished is not None and self.ctx.finished(ids)))

@@ -38,6 +38,11 @@ def _term_name(o: ObjectiveSpec | str) -> str:
     return o.name if isinstance(o, ObjectiveSpec) else ObjectiveSpec.parse(str(o)).name
 
 
+class _DerivedObjectives(list):
+    """The objectives a RefineConfig chose itself (the user named none): a list like any other,
+    marked so that a copy with other task inputs chooses again."""
+
+
 @dataclass
 class RefineConfig:
     """How to refine.
@@ -136,9 +141,12 @@ class RefineConfig:
         self._check_numbers()
         self._check_inputs()
         self.guide_config = self._resolved_guide()
-        if self.objectives is None:
-            self.objectives = list(KEYWORD_OBJECTIVES if self.keywords else DEFAULT_OBJECTIVES)
-        self.objectives = self._with_task_terms(list(self.objectives))
+        if self.objectives is None or isinstance(self.objectives, _DerivedObjectives):
+            # derived, not given: derived again from this config's inputs, so that
+            # `dataclasses.replace(cfg, keywords=...)` (batch records, compare prompts) gets the keyword J
+            self.objectives = _DerivedObjectives(self._with_task_terms(list(KEYWORD_OBJECTIVES if self.keywords else DEFAULT_OBJECTIVES)))
+        else:
+            self.objectives = self._with_task_terms(list(self.objectives))
 
     def _check_choices(self) -> None:
         """The named settings, lower-cased so the CLI and the API accept any case."""

@@ -78,11 +78,21 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
             keywords=cfg.keywords, reference=cfg.reference, reference_ids=ref_ids, initial_len=initial_len,
             prompt_ids=list(prompt_ids or []), chat=cfg.chat,
             guided=self.guide is not None and self.guide.cfg.bias > 0,
-            finished=self.guide.ends if self.guide is not None else None,
+            finished=self._task_end(),
         )
         self.objective = Objective(cfg.objectives, self.ctx)
         self.ref_ids = np.array(ref_ids, dtype=np.int64)
         self.use_ref = self.objective.needs_reference
+
+    def _task_end(self):
+        """Where the task ends an output without eos: a keyword prompt asks for one sentence, so
+        its end is the guide's sentence stop, also with the guide off (J must not depend on
+        whether the guide steered: evaluate_objective and --no-guide score the same text alike)."""
+        if self.guide is not None:
+            return self.guide.ends
+        if self.cfg.keywords:
+            return Guide(self.lm.tokenizer, self.lm.eos_ids, self.cfg.keywords).ends
+        return None
 
     def start(self, prompt_ids: list[int]) -> None:
         """One pass over the prompt; every later pass reuses its cache."""
