@@ -490,3 +490,14 @@ def test_a_systems_guide_settings_apply_to_its_keyword_prompts_and_are_checked_u
     assert System("r", "refine", {"guide": False}).refine_config(32, kw).guide_config is None
     with pytest.raises(ConfigError, match="bias"):
         System("bad", "refine", {"guide": {"bias": -1}}).check()
+
+
+def test_meta_comment_flags_an_editors_remark_nobody_asked_for():
+    story = "The dog ran across the street"
+    remark = ".\n\nI made a few minor tweaks to the text to improve its clarity and grammar."
+    assert m.text_report(remark, story).flags["meta_comment"] and m.text_report(remark, story).degenerate
+    assert m.text_report(".\n\nThe original sentence is: \"The dog ran.\"", story).flags["meta_comment"]
+    assert m.text_report(" a cliff.\n\nThis is a classic example of a metaphor.", story).flags["meta_comment"]
+    assert not m.text_report(" and barked at the mailman, who dropped his letters.", story).flags["meta_comment"]
+    asked = "Improve this sentence: the dog run fast."
+    assert not m.text_report("I made a few changes: \"The dog runs fast.\"", asked).flags["meta_comment"]  # editing was asked for

@@ -145,7 +145,7 @@ def text_length(pairs):
 
 
 @pytest.mark.parametrize("spec,err,match", [
-    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, finish, judge, length, logprob"),
+    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, finish, judge, length, logprob, mean-logprob, meta"),
     ("logprob=nan", ConfigError, "finite"),
     ("logprob=-1", ConfigError, "negative weight"),
     ("coverage=abc", ConfigError, "not a number"),
@@ -405,3 +405,16 @@ def test_a_config_copied_with_keywords_gets_the_keyword_j():
     assert [str(o) for o in replace(copied, keywords=()).objectives] == [str(o) for o in RefineConfig().objectives]
     named = replace(RefineConfig(objectives=["logprob"]), keywords=("dog",))
     assert [str(o) for o in named.objectives] == ["logprob", "coverage=2.0"]  # a J the user named stays theirs
+
+
+def test_meta_penalises_an_editors_remark_unless_editing_was_asked():
+    from ortrefine.runtime.objectives import Batch, Context, Meta
+
+    lm = table_lm({})
+    texts = [" and barked at the mailman.", "\n\nI made a few tweaks to the original text to improve its clarity."]
+    batch = Batch("p", [[1], [1]], [np.zeros(1)] * 2, texts)
+    story = Context(prompt="The dog ran across the street", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8)
+    assert Meta(1.0, story).evaluate(batch).tolist() == [0.0, -1.0]
+    edit = Context(prompt="Please rewrite: the dog run.", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8)
+    assert Meta(1.0, edit).evaluate(batch).tolist() == [0.0, 0.0]
+    assert Meta(1.0, story).max_value() == 0.0

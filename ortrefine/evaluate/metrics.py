@@ -17,10 +17,11 @@ from ortrefine.lexicon import (  # noqa: F401  (re-exported: the eval's public n
     FUNCTION_WORDS, VERB_CUES, _undone_inflections, covered_keywords, is_keyword_list, is_verb_form, keyword_forms, lemma,
     word_forms, words,
 )
+from ortrefine.runtime.objectives.text import comments_on_text  # noqa: F401  (the meta_comment flag; the meta term uses it too)
 
 # flags that make an output "degenerate" (excluded from paired judging); cut_off is reported but
 # not counted: at 32 new tokens nearly every continuation stops at the cap mid-sentence
-DEGENERATE_FLAGS = ("empty", "repeated_ngram", "low_distinct2", "char_run", "prompt_echo", "keyword_list")
+DEGENERATE_FLAGS = ("empty", "repeated_ngram", "low_distinct2", "char_run", "prompt_echo", "keyword_list", "meta_comment")
 ALL_FLAGS = DEGENERATE_FLAGS + ("cut_off",)
 
 _SENTENCE_END = tuple(".!?…\"'”’)]")
@@ -157,6 +158,7 @@ def text_report(text: str, prompt: str, hit_cap: bool = False, keywords: Sequenc
         "char_run": run >= 8,
         "prompt_echo": echoes_prompt(text, prompt, 4),
         "keyword_list": bool(keywords) and is_keyword_list(text, keywords),
+        "meta_comment": comments_on_text(text, prompt),
         "cut_off": is_cut_off(text, hit_cap),
     }
     degenerate = any(flags[f] for f in DEGENERATE_FLAGS)

@@ -19,7 +19,7 @@ from ortrefine.runtime.objectives.options import Option, opt_bool, opt_float, op
 from ortrefine.runtime.objectives.registry import TERMS, register, term_class
 from ortrefine.runtime.objectives.text import STOPWORDS, content_words
 from ortrefine.runtime.objectives.lm_terms import LogProb, MeanLogProb, Reference
-from ortrefine.runtime.objectives.text_terms import Coverage, Echo, Finish, Length, Repetition
+from ortrefine.runtime.objectives.text_terms import Coverage, Echo, Finish, Length, Meta, Repetition
 from ortrefine.runtime.objectives.reward import Reward
 from ortrefine.runtime.objectives.contrastive import Contrastive
 from ortrefine.runtime.objectives.judge_term import Judge
@@ -28,6 +28,6 @@ from ortrefine.runtime.objectives.objective import Objective, build_term
 
 __all__ = [
     "Batch", "Context", "Term", "Option", "opt_bool", "opt_float", "opt_int", "TERMS", "register", "term_class",
-    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Finish", "Length", "Repetition", "Reward", "Contrastive", "Judge",
+    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Finish", "Length", "Meta", "Repetition", "Reward", "Contrastive", "Judge",
     "ObjectiveSpec", "Objective", "build_term",
 ]

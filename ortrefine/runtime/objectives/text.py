@@ -1,4 +1,5 @@
-"""Word-level helpers shared by the terms that read the decoded text (reference, coverage)."""
+"""Word-level helpers shared by the terms that read the decoded text (reference, coverage, meta)
+and by the evaluation's flags."""
 
 from __future__ import annotations
 
@@ -35,3 +36,22 @@ def content_words(text: str) -> tuple[str, ...]:
         if len(w) >= 4 and w not in STOPWORDS and not w.isdigit():
             seen.setdefault(w, None)
     return tuple(seen)
+
+
+# An instruct model's editor voice: remarks about "the text" it was never asked to edit, which
+# refining a story continuation under the model's own log P found ("I made a few minor tweaks
+# to the text to improve its clarity and grammar.").
+_META = re.compile(
+    r"\bI(?:'ve| have)? (?:made|added|changed|rephrased|revised|rewrote|corrected) (?:a few |some |several )?(?:minor )?"
+    r"(?:tweaks|changes|edits|corrections|adjustments|improvements)\b"
+    r"|\bto improve (?:its|the (?:text|sentence|passage|paragraph)(?:'s)?) (?:clarity|flow|grammar|readability)\b"
+    r"|\bthe original (?:text|sentence|passage|paragraph) (?:was|is|reads)\b"
+    r"|\b(?:a|the|here is a|here's a) revised version\b"
+    r"|\bthis is a classic example of\b", re.I)
+_EDIT_ASKED = re.compile(r"\b(?:rewrite|re-write|revise|edit|improve|correct|fix|rephrase|proofread|polish)\b", re.I)
+
+
+def comments_on_text(text: str, prompt: str) -> bool:
+    """Whether the output talks about a text as its editor (or explains the prompt as an example)
+    when the prompt asked for no editing: a reader asked to continue a story gets a remark."""
+    return bool(_META.search(text)) and not _EDIT_ASKED.search(prompt)

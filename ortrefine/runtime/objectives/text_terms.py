@@ -10,7 +10,7 @@ from ortrefine.runtime.keywords import covered as keyword_coverage, is_list, sur
 from ortrefine.runtime.objectives.base import Term
 from ortrefine.runtime.objectives.options import Option
 from ortrefine.runtime.objectives.registry import register
-from ortrefine.runtime.objectives.text import content_words, words
+from ortrefine.runtime.objectives.text import comments_on_text, content_words, words
 
 
 @register
@@ -154,6 +154,25 @@ class Echo(Term):
             w = words(text)
             out.append(-sum(tuple(w[i : i + self.n]) in self.prompt_grams for i in range(len(w) - self.n + 1)))
         return np.array(out, dtype=np.float64)
+
+    def max_value(self) -> float:
+        return 0.0
+
+
+@register
+class Meta(Term):
+    """meta(Y) = −1 when Y talks about a text as its editor, or explains the prompt as "a classic
+    example of" something, though the prompt asked for no editing; else 0. An instruct model
+    finds that voice likely after a one-sentence prompt ("I made a few minor tweaks to the text
+    to improve its clarity and grammar."), and refining a continuation under its own log P
+    turned 7 of 59 continuations into such remarks. The same detector is the evaluation's
+    meta_comment flag."""
+
+    name = "meta"
+
+    def evaluate(self, batch):
+        prompt = self.ctx.prompt if self.ctx is not None else ""
+        return np.array([-1.0 if comments_on_text(t, prompt) else 0.0 for t in batch.texts], dtype=np.float64)
 
     def max_value(self) -> float:
         return 0.0
