@@ -52,6 +52,10 @@ class Context:
     guided: bool = False  # the keyword guide steers every re-decoded suffix toward the missing keywords
     finished: Callable[[Sequence[int]], bool] | None = None  # where the task ends an output without eos (the guide's sentence stop)
 
+    def ended(self, ids: Sequence[int]) -> bool:
+        """Y is a whole answer: it ended with eos, or where the task ends it (a keyword sentence's end)."""
+        return bool(ids) and (ids[-1] in self.eos_ids or (self.finished is not None and self.finished(ids)))
+
 
 class Term:
     """One weighted term. Subclasses set `name`, `lm` (True for log-prob-sum terms), `options`

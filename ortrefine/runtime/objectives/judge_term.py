@@ -57,19 +57,13 @@ class Judge(Term):
     def evaluate(self, batch):
         if self.lm_judge is None or not batch.ids:
             return np.zeros(len(batch), dtype=np.float64)
-        keys = [(text, self._ended(ids)) for text, ids in zip(batch.texts, batch.ids)]
+        # a whole answer (ctx.ended) has the judge read its own end of text after it
+        keys = [(text, self.ctx.ended(ids)) for text, ids in zip(batch.texts, batch.ids)]
         todo = [k for k in dict.fromkeys(keys) if k not in self._seen]
         if todo:
             scores = judge_texts(self.lm_judge, self.context, [t for t, _ in todo], batch=self.rows, ended=[e for _, e in todo])
             self._seen.update(zip(todo, scores))
         return np.array([self._value(self._seen[k]) for k in keys], dtype=np.float64)
-
-    def _ended(self, ids: list[int]) -> bool:
-        """Y is a whole answer: it ended with eos, or where the task ends it (the keyword guide's
-        sentence stop), so the judge reads its own end of text after it."""
-        if not ids:
-            return False
-        return ids[-1] in self.ctx.eos_ids or (self.ctx.finished is not None and self.ctx.finished(ids))
 
     def _value(self, score: JudgeScore) -> float:
         if not score.tokens:

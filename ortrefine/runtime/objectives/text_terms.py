@@ -44,10 +44,7 @@ class Finish(Term):
     name = "finish"
 
     def evaluate(self, batch):
-        return np.array([0.0 if self._ended(ids) else -1.0 for ids in batch.ids], dtype=np.float64)
-
-    def _ended(self, ids) -> bool:
-        return bool(ids) and (ids[-1] in self.ctx.eos_ids or (self.ctx.finished is not None and self.ctx.finished(ids)))
+        return np.array([0.0 if self.ctx.ended(ids) else -1.0 for ids in batch.ids], dtype=np.float64)
 
     def max_value(self) -> float:
         return 0.0
