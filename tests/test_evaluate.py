@@ -499,5 +499,63 @@ def test_meta_comment_flags_an_editors_remark_nobody_asked_for():
     assert m.text_report(".\n\nThe original sentence is: \"The dog ran.\"", story).flags["meta_comment"]
     assert m.text_report(" a cliff.\n\nThis is a classic example of a metaphor.", story).flags["meta_comment"]
     assert not m.text_report(" and barked at the mailman, who dropped his letters.", story).flags["meta_comment"]
+    # the analyst's voice the meta term drove refinement to, when only the editor's was caught
+    for remark in (".\n\nI made the following changes to improve the original sentence:\n\n- Changed \"the dog\" to \"it\"",
+                   ".\n\nThe original sentence, \"The dog ran,\" is a classic example of a non sequitur.",
+                   ".\n\nThis sentence is a classic example of a double negative.",
+                   ".\n\nIn the context of your story, this could be a turning point.",
+                   ".\n\nIn the context of the original passage, it's a metaphor."):
+        assert m.text_report(remark, story).flags["meta_comment"], remark
+    # a story's own sentences, versions and examples are not remarks about a text
+    for plain in (" to the court, where the judge read out a sentence of ten years.",
+                  ". The original version of the song was slower.",
+                  ". The game is a classic example of a game of chance, and he lost."):
+        assert not m.text_report(plain, story).flags["meta_comment"], plain
+    assert not m.text_report("This sentence is a question.", "Explain this sentence: why?").flags["meta_comment"]
     asked = "Improve this sentence: the dog run fast."
     assert not m.text_report("I made a few changes: \"The dog runs fast.\"", asked).flags["meta_comment"]  # editing was asked for
+
+
+def test_reflag_recounts_a_stored_run_with_todays_checks():
+    from ortrefine.evaluate.run import reflag
+
+    items = [EvalItem("a", "continue", "Once upon a time"), EvalItem("k", "keywords", "Use: dog, park.", ("dog", "park"), ("A dog in a park.",))]
+    stored = _fake_report()
+    old = next(o for o in stored["outputs"] if (o["system"], o["id"]) == ("r", "a"))
+    old["text"] = " there was a dog.\n\nIn the context of your story, the dog is a symbol."  # flags stored before the check existed
+    assert not old["degenerate"] and stored["summary"]["r"]["degenerate"] == 0
+    new = reflag(stored, items)
+    assert new["summary"]["r"]["degenerate"] == 1 and new["summary"]["r"]["degenerate_new_vs_baseline"] == 1
+    assert new["summary"]["r"]["flags"]["meta_comment"] == 1 and "paired_vs_baseline" in new["summary"]["r"]["judges"]["j"]
+    assert new["summary"]["r"]["judges"]["j"]["paired_vs_baseline"]["n"] == 0  # its one clean pair is no longer clean
+    assert [o["judges"] for o in new["outputs"]] == [o["judges"] for o in stored["outputs"]]  # scores kept, not recomputed
+    assert new["meta"]["reflagged_utc"] and new["meta"]["date_utc"] == "now"
+    with pytest.raises(ConfigError, match="lacks 1 of the report's prompts"):
+        reflag(stored, items[:1])
+    with pytest.raises(ConfigError, match="not an `ortrefine eval` report"):
+        reflag({"outputs": []}, items)
+
+
+def test_eval_reflag_cli(tmp_path):
+    stored = tmp_path / "report.json"
+    stored.write_text(json.dumps(_fake_report()))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "kind": "continue", "prompt": "Once upon a time"}\n'
+                       '{"id": "k", "kind": "keywords", "prompt": "Use: dog, park.", "keywords": ["dog", "park"], "references": ["A dog in a park."]}\n')
+    r = _eval("--reflag", str(stored), "--prompts", str(prompts), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0, r.output
+    assert "Flags recounted from the stored texts" in (tmp_path / "o" / "report.md").read_text()
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["summary"]["greedy"]["degenerate"] == 1
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my notes")
+    r = _eval("--reflag", str(stored), "--prompts", str(prompts), "--out", str(tmp_path / "mine"))
+    assert r.exit_code != 0 and "Traceback" not in r.output and (tmp_path / "mine" / "report.md").read_text() == "my notes"
+    prompts.write_text('{"id": "a", "kind": "continue", "prompt": "Once upon a time"}\n')
+    r = _eval("--reflag", str(stored), "--prompts", str(prompts), "--out", str(tmp_path / "o2"))
+    assert r.exit_code == 2 and "lacks 1" in r.output and not (tmp_path / "o2").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    r = _eval("--reflag", str(bad), "--prompts", str(prompts), "--out", str(tmp_path / "o3"))
+    assert r.exit_code == 2 and "not a readable JSON report" in r.output and "Traceback" not in r.output
+    r = _eval("--prompts", str(prompts), "--out", str(tmp_path / "o4"))  # no --reflag: a judge is required
+    assert r.exit_code == 2 and "--judge" in r.output and not (tmp_path / "o4").exists()

@@ -17,8 +17,8 @@ KIND_CHOICES = ["continue", "chat", "keywords", "reference"]  # = ortrefine.eval
 @click.option("--systems", "systems_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON or TOML list of systems (name, strategy greedy|beam|sample|refine, options); "
                    "default: greedy, beam-4, refine (the library default J), refine-logprob (log P alone).")
-@click.option("--judge", "judges", multiple=True, required=True, type=ModelName(),
-              help="Bundle that scores every output under its own tokenizer (repeatable).")
+@click.option("--judge", "judges", multiple=True, type=ModelName(),
+              help="Bundle that scores every output under its own tokenizer (repeatable; required unless --reflag).")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, type=ModelName(), help="The bundle the systems decode with.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.json, report.md, report.png: new, empty, or one ortrefine wrote a report into "
                    "(nothing else in it is replaced).")
@@ -30,10 +30,13 @@ KIND_CHOICES = ["continue", "chat", "keywords", "reference"]  # = ortrefine.eval
 @click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on standard error.")
+@click.option("--reflag", "reflag_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A stored report.json: recount its flags and summary from its texts with today's checks (no decoding, "
+                   "no judging) and write the result to OUT. --prompts must be the file the run used.")
 @domain_errors
 def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[str, ...], model: str, out: Path, limit: int | None,
                  kinds: tuple[str, ...], baseline: str | None, max_new_tokens: int, seed: int, provider: str, threads: int | None,
-                 quiet: bool) -> None:
+                 quiet: bool, reflag_file: Path | None) -> None:
     """Decode PROMPTS with every system, judge the outputs, write a report to OUT."""
     from ortrefine.evaluate.data import DEFAULT_SYSTEMS, read_items, read_systems
     from ortrefine.evaluate.report import REPORT_FILES, markdown, write_report
@@ -41,6 +44,9 @@ def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[st
     from ortrefine.reports import check_report_folder
 
     items = read_items(prompts_file)
+    if reflag_file is not None:
+        _reflag(reflag_file, items, out)
+        return
     if kinds:
         items = [i for i in items if i.kind in kinds]
         if not items:
@@ -52,6 +58,27 @@ def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[st
     check_report_folder(out, REPORT_FILES)  # before the long run: a folder with the user's files in the way is refused now
     report = run_eval(cfg, items, progress=None if quiet else (lambda msg: click.echo(msg, err=True)))
     report["meta"]["prompts"] = str(prompts_file)
+    files = write_report(report, out)
+    click.echo(markdown(report).split("## Flags")[0].rstrip())
+    click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+def _reflag(report_file: Path, items: list, out: Path) -> None:
+    import json
+
+    from ortrefine.errors import ConfigError
+    from ortrefine.evaluate.report import REPORT_FILES, markdown, write_report
+    from ortrefine.evaluate.run import reflag
+    from ortrefine.reports import check_report_folder
+
+    try:
+        stored = json.loads(report_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{report_file}: not a readable JSON report ({e})") from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{report_file}: not an `ortrefine eval` report")
+    check_report_folder(out, REPORT_FILES)
+    report = reflag(stored, items)
     files = write_report(report, out)
     click.echo(markdown(report).split("## Flags")[0].rstrip())
     click.echo("wrote " + ", ".join(str(f) for f in files))

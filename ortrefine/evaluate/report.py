@@ -32,7 +32,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"model: `{meta['model']}`; prompts: {meta['n_prompts']} ({', '.join(f'{k} {v}' for k, v in meta['kinds'].items())}); "
              f"max new tokens: {meta['max_new_tokens']}; baseline: {base}; {meta['date_utc']}; "
              f"{meta['machine'].get('cpu', meta['machine'].get('platform'))}, {meta['machine'].get('cpus')} CPUs, "
-             f"load average {meta['machine'].get('load_average', '–')}.", ""]
+             f"load average {meta['machine'].get('load_average', '–')}."
+             + (f" Flags recounted from the stored texts on {meta['reflagged_utc']}." if meta.get("reflagged_utc") else ""), ""]
     for j in meta["judges"]:
         status = "independent" if j["independent"] else "**not independent**: " + "; ".join(j["reasons"])
         lines.append(f"- judge `{j['name']}` ({j['bundle']}): {status}")

@@ -183,13 +183,47 @@ def _decode_all(lm: Any, cfg: EvalConfig, items: Sequence[EvalItem], say: Callab
             seconds = time.perf_counter() - t
             cap = system.options.get("max_new_tokens", cfg.max_new_tokens)
             hit_cap = len(ids) >= cap and not (ids and ids[-1] in lm.eos_ids)
-            rep = text_report(text, item.prompt, hit_cap, item.keywords, item.references)
-            outputs.append(Output(item.id, item.kind, system.name, text, len(ids), hit_cap, seconds, own, {
-                "flags": rep.flags, "degenerate": rep.degenerate, "stats": rep.stats, "keywords_covered": rep.keywords_covered,
-                "coverage": rep.coverage, "all_covered": rep.all_covered, "real_sentence": rep.real_sentence, "chrf": rep.chrf,
-            }, extra=extra))
-            say(f"[{n}/{len(items)}] {item.id} {system.name}: {seconds:.1f}s{' (degenerate)' if rep.degenerate else ''}")
+            fields = _text_fields(text, item, hit_cap)
+            outputs.append(Output(item.id, item.kind, system.name, text, len(ids), hit_cap, seconds, own, fields, extra=extra))
+            say(f"[{n}/{len(items)}] {item.id} {system.name}: {seconds:.1f}s{' (degenerate)' if fields['degenerate'] else ''}")
     return outputs
+
+
+def _text_fields(text: str, item: EvalItem, hit_cap: bool) -> dict[str, Any]:
+    """What the model-free checks say of one output, as the report stores it."""
+    rep = text_report(text, item.prompt, hit_cap, item.keywords, item.references)
+    return {"flags": rep.flags, "degenerate": rep.degenerate, "stats": rep.stats, "keywords_covered": rep.keywords_covered,
+            "coverage": rep.coverage, "all_covered": rep.all_covered, "real_sentence": rep.real_sentence, "chrf": rep.chrf}
+
+
+def reflag(report: dict[str, Any], items: Sequence[EvalItem]) -> dict[str, Any]:
+    """A stored report with its flags, keyword checks and summary recomputed by today's text
+    checks: a new or mended flag counted over a run that took an hour to decode and judge, without
+    decoding or judging again. Texts, seconds and judge scores stay as stored; `items` must be the
+    prompts the run used (the flags read the prompt)."""
+    try:
+        meta, stored = report["meta"], report["outputs"]
+        by_id = {i.id: i for i in items}
+        missing = sorted({o["id"] for o in stored} - by_id.keys())
+        if missing:
+            raise ConfigError(f"the prompts file lacks {len(missing)} of the report's prompts (first: {missing[0]}): "
+                              "give the prompts file the run used")
+        outputs = [Output(o["id"], o["kind"], o["system"], o["text"], o["tokens"], o["hit_cap"], o["seconds"], o["own_logprob"],
+                          _text_fields(o["text"], by_id[o["id"]], o["hit_cap"]), judges=o["judges"], extra=o.get("extra", {}))
+                   for o in stored]
+        # names are all the summary reads; a stored system's options may predate today's checks
+        systems = [System(s["name"], s["strategy"], {k: v for k, v in s.items() if k not in ("name", "strategy")})
+                   for s in report["systems"]]
+        cfg = EvalConfig(model=meta["model"], judges=[j["bundle"] for j in meta["judges"]], systems=systems,
+                         baseline=meta["baseline"], max_new_tokens=meta["max_new_tokens"], seed=meta.get("bootstrap", {}).get("seed", 0))
+        judge_names = [j["name"] for j in meta["judges"]]
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"not an `ortrefine eval` report (no {e})") from None
+    used = [by_id[i] for i in dict.fromkeys(o.id for o in outputs)]
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return {"meta": {**meta, "degenerate_flags": [f for f in ALL_FLAGS if f != "cut_off"], "reflagged_utc": now},
+            "systems": report["systems"], "summary": summarize(outputs, used, cfg, judge_names),
+            "outputs": [o.to_dict() for o in outputs]}
 
 
 def _judge_all(lm: Any, cfg: EvalConfig, items: Sequence[EvalItem], outputs: list[Output],
