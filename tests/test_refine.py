@@ -145,7 +145,7 @@ def text_length(pairs):
 
 
 @pytest.mark.parametrize("spec,err,match", [
-    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, finish, judge, length, logprob, mean-logprob, meta"),
+    ("nonesuch", UnknownNameError, "unknown objective 'nonesuch'; known: contrastive, coverage, echo, finish, guard, judge, length, logprob, mean-logprob, meta"),
     ("logprob=nan", ConfigError, "finite"),
     ("logprob=-1", ConfigError, "negative weight"),
     ("coverage=abc", ConfigError, "not a number"),
@@ -418,3 +418,38 @@ def test_meta_penalises_an_editors_remark_unless_editing_was_asked():
     edit = Context(prompt="Please rewrite: the dog run.", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8)
     assert Meta(1.0, edit).evaluate(batch).tolist() == [0.0, 0.0]
     assert Meta(1.0, story).max_value() == 0.0
+
+
+def test_guard_refuses_what_the_evaluation_calls_degenerate():
+    from ortrefine.evaluate.metrics import text_report
+    from ortrefine.runtime.objectives import Batch, Context, Guard
+
+    lm = table_lm({})
+    story = "The dog ran across the street"
+    texts = [" and barked at the mailman.", " and ran and ran and ran and ran and ran.", "",
+             "\n\nIn the context of your story, the dog is a symbol.", " The dog ran across the street again.",
+             " bone, park, ball."]
+    batch = Batch("p", [[1]] * len(texts), [np.zeros(1)] * len(texts), texts)
+    ctx = Context(prompt=story, tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8)
+    values = Guard(1.0, ctx).evaluate(batch).tolist()
+    assert values == [0.0, -1.0, -1.0, -1.0, -1.0, 0.0]
+    assert values == [-1.0 if text_report(t, story).degenerate else 0.0 for t in texts]  # one definition
+    kw = Context(prompt="Use: bone, park, ball.", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8, keywords=("bone", "park", "ball"))
+    assert Guard(1.0, kw).evaluate(batch).tolist()[-1] == -1.0  # a keyword list only counts on the keyword task
+    assert Guard(1.0, ctx).max_value() == 0.0
+
+
+def test_guard_keeps_refinement_from_making_a_loop(monkeypatch):
+    """Under log P alone refinement swaps a clean Y⁰ for the likelier loop 'abab…'; with the
+    guard at a large weight it keeps a clean output. The fake model's text has no words, so a
+    stand-in detector calls 'abab' degenerate; what is tested is the term inside the search."""
+    import ortrefine.runtime.objectives.text_terms as tt
+
+    monkeypatch.setattr(tt, "is_degenerate", lambda text, prompt, keywords=(): "abab" in text)
+    side = {"a": 0.3}
+    table = {"c": {"d": 0.5, "a": 0.45}, "d": {"e": 0.5, **side}, "e": {"f": 0.5, **side}, "f": {"g": 0.5, **side},
+             "g": {"h": 0.5, **side}, "h": {"c": 0.5, **side}, "a": {"b": 0.99}, "b": {"a": 0.99}}
+    free = refine(table_lm(table), "c", RefineConfig(objectives=["logprob"], max_new_tokens=8, top_k=3))
+    held = refine(table_lm(table), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3))
+    assert "abab" not in free.initial.text and "abab" in free.final.text  # log P prefers the loop
+    assert "abab" not in held.final.text and held.objective_after["total"] >= held.objective_before["total"]

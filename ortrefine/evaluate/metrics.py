@@ -13,56 +13,20 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
 
+from ortrefine.degeneration import (  # noqa: F401  (re-exported: the eval's public names)
+    DEGENERATE_FLAGS, degeneration_flags, distinct_n, echoes_prompt, longest_char_run, max_ngram_count, ngrams,
+)
 from ortrefine.lexicon import (  # noqa: F401  (re-exported: the eval's public names)
     FUNCTION_WORDS, VERB_CUES, _undone_inflections, covered_keywords, is_keyword_list, is_verb_form, keyword_forms, lemma,
     word_forms, words,
 )
-from ortrefine.runtime.objectives.text import comments_on_text  # noqa: F401  (the meta_comment flag; the meta term uses it too)
+from ortrefine.degeneration import comments_on_text  # noqa: F401  (the meta_comment flag; the meta term uses it too)
 
-# flags that make an output "degenerate" (excluded from paired judging); cut_off is reported but
-# not counted: at 32 new tokens nearly every continuation stops at the cap mid-sentence
-DEGENERATE_FLAGS = ("empty", "repeated_ngram", "low_distinct2", "char_run", "prompt_echo", "keyword_list", "meta_comment")
+# cut_off is reported but not counted as degenerate: at 32 new tokens nearly every continuation
+# stops at the cap mid-sentence
 ALL_FLAGS = DEGENERATE_FLAGS + ("cut_off",)
 
 _SENTENCE_END = tuple(".!?…\"'”’)]")
-
-
-def ngrams(seq: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
-
-
-def max_ngram_count(text: str, n: int = 3) -> int:
-    """How often the most frequent word n-gram occurs (0 for texts shorter than n words)."""
-    counts = Counter(ngrams(words(text), n))
-    return max(counts.values(), default=0)
-
-
-def distinct_n(text: str, n: int = 2) -> float | None:
-    """Unique word n-grams / all word n-grams (Li et al. 2016); None with no n-gram."""
-    grams = ngrams(words(text), n)
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def longest_char_run(text: str) -> int:
-    """Length of the longest run of one non-space character, case-folded ("Mmmm" is a run of 4)."""
-    best = run = 0
-    prev = None
-    for ch in text.lower():
-        if ch.isspace():
-            prev, run = None, 0
-            continue
-        run = run + 1 if ch == prev else 1
-        prev = ch
-        best = max(best, run)
-    return best
-
-
-def echoes_prompt(text: str, prompt: str, n: int = 4) -> bool:
-    """Whether the prompt's first n words occur, in order and adjacent, in the output."""
-    head = tuple(words(prompt)[:n])
-    if len(head) < n:
-        return False
-    return head in set(ngrams(words(text), n))
 
 
 # -- keywords -----------------------------------------------------------------------------------
@@ -148,19 +112,9 @@ def text_report(text: str, prompt: str, hit_cap: bool = False, keywords: Sequenc
     first 4 words echoed."""
     ws = words(text)
     d2 = distinct_n(text, 2)
-    n_bigrams = max(len(ws) - 1, 0)
     rep = max_ngram_count(text, 3)
     run = longest_char_run(text)
-    flags = {
-        "empty": not ws,
-        "repeated_ngram": rep >= 3,
-        "low_distinct2": d2 is not None and n_bigrams >= 3 and d2 < 0.7,
-        "char_run": run >= 8,
-        "prompt_echo": echoes_prompt(text, prompt, 4),
-        "keyword_list": bool(keywords) and is_keyword_list(text, keywords),
-        "meta_comment": comments_on_text(text, prompt),
-        "cut_off": is_cut_off(text, hit_cap),
-    }
+    flags = {**degeneration_flags(text, prompt, keywords), "cut_off": is_cut_off(text, hit_cap)}
     degenerate = any(flags[f] for f in DEGENERATE_FLAGS)
     rep_ = TextReport(flags, degenerate, {"max_3gram_count": rep, "distinct2": d2, "longest_char_run": run, "words": len(ws)})
     if keywords:

@@ -4,7 +4,7 @@ Two kinds of term:
 - *LM terms* (logprob, mean-logprob, reference: `lm_terms`) are functions of sums of per-token
   log-probabilities, each term ≤ 0 — so a partial sum bounds the final value from above, which
   is what lets the refiner drop a candidate exactly before it is fully scored.
-- *Text terms* (length, repetition, echo, finish, coverage: `text_terms`; reward: `reward`; contrastive: another
+- *Text terms* (length, repetition, echo, finish, coverage, meta, guard: `text_terms`; reward: `reward`; contrastive: another
   bundle's log P of the same ids, `contrastive`; judge: another model's log P of the text,
   `judge_term`) are computed on finished candidates; each states the largest value it can take
   (`max_value`), +inf when unknown (reward, contrastive).
@@ -19,7 +19,7 @@ from ortrefine.runtime.objectives.options import Option, opt_bool, opt_float, op
 from ortrefine.runtime.objectives.registry import TERMS, register, term_class
 from ortrefine.runtime.objectives.text import STOPWORDS, content_words
 from ortrefine.runtime.objectives.lm_terms import LogProb, MeanLogProb, Reference
-from ortrefine.runtime.objectives.text_terms import Coverage, Echo, Finish, Length, Meta, Repetition
+from ortrefine.runtime.objectives.text_terms import Coverage, Echo, Finish, Guard, Length, Meta, Repetition
 from ortrefine.runtime.objectives.reward import Reward
 from ortrefine.runtime.objectives.contrastive import Contrastive
 from ortrefine.runtime.objectives.judge_term import Judge
@@ -28,6 +28,6 @@ from ortrefine.runtime.objectives.objective import Objective, build_term
 
 __all__ = [
     "Batch", "Context", "Term", "Option", "opt_bool", "opt_float", "opt_int", "TERMS", "register", "term_class",
-    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Finish", "Length", "Meta", "Repetition", "Reward", "Contrastive", "Judge",
+    "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Finish", "Guard", "Length", "Meta", "Repetition", "Reward", "Contrastive", "Judge",
     "ObjectiveSpec", "Objective", "build_term",
 ]

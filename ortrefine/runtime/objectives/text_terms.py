@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ortrefine.degeneration import comments_on_text, is_degenerate
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.keywords import covered as keyword_coverage, is_list, surface_forms
 from ortrefine.runtime.objectives.base import Term
 from ortrefine.runtime.objectives.options import Option
 from ortrefine.runtime.objectives.registry import register
-from ortrefine.runtime.objectives.text import comments_on_text, content_words, words
+from ortrefine.runtime.objectives.text import content_words, words
 
 
 @register
@@ -170,6 +171,27 @@ class Meta(Term):
     def evaluate(self, batch):
         prompt = self.ctx.prompt if self.ctx is not None else ""
         return np.array([-1.0 if comments_on_text(t, prompt) else 0.0 for t in batch.texts], dtype=np.float64)
+
+    def max_value(self) -> float:
+        return 0.0
+
+
+@register
+class Guard(Term):
+    """guard(Y) = −1 when the text checks call Y degenerate (a word 3-gram 3+ times, distinct-2
+    below 0.7, a character run of 8+, the prompt's opening echoed, keywords listed instead of
+    used, an editor's remark nobody asked for, no words at all; ortrefine.degeneration), else 0.
+    The graded terms (repetition, echo) weigh loops against log P and lose where an instruct
+    model finds the loop or the remark likely enough: at a large weight this term refuses any
+    edit that makes a clean output degenerate, and the first clean candidate beats a degenerate
+    Y⁰. It is the evaluation's own definition, so read the texts too: a near miss (a phrase
+    twice) passes it."""
+
+    name = "guard"
+
+    def evaluate(self, batch):
+        prompt, keywords = (self.ctx.prompt, self.ctx.keywords) if self.ctx is not None else ("", ())
+        return np.array([-1.0 if is_degenerate(t, prompt, keywords) else 0.0 for t in batch.texts], dtype=np.float64)
 
     def max_value(self) -> float:
         return 0.0
