@@ -22,16 +22,18 @@ DEGENERATE_FLAGS = ("empty", "repeated_ngram", "low_distinct2", "char_run", "pro
 # classic example of a non sequitur", "In the context of your story, …"). Each branch needs a
 # text word next to an editor's or analyst's word, so a story's own "sentence" (a prison term) or
 # "classic example of" a thing in the story stays out.
-_TEXT = "text|sentence|passage|paragraph|answer|prompt"
 _META = re.compile(
     r"\bI(?:'ve| have)? (?:made|added|changed|rephrased|revised|rewrote|corrected) (?:the following |these |a few |some |several )?"
     r"(?:minor |small |slight )?(?:tweaks|changes|edits|corrections|adjustments|improvements)\b"
-    r"|\b(?:improve|enhance)s? (?:its|the (?:original )?(?:text|sentence|passage|paragraph)(?:'s)?)\b"
-    r"|\b(?:the|this|that) (?:original|revised|corrected|rewritten|above|given) (?:" + _TEXT + r")\b"
-    r"|\b(?:this|the) (?:sentence|passage|paragraph) (?:is|uses|contains|reads|describes|suggests|conveys|implies)\b"
-    r"|\bin the context of (?:the|this|your) (?:original |given )?(?:story|narrative|" + _TEXT + r")\b"
+    r"|\b(?:improve|enhance)s? (?:its|the (?:original )?(?:text|sentence|paragraph)(?:'s)?),? (?:overall )?"
+    r"(?:clarity|flow|grammar|readability|style|structure)\b"
+    r"|\bto (?:improve|enhance) the (?:original )?(?:text|sentence|paragraph)\b"
+    r"|\b(?:the|this|that) (?:original|revised|corrected|rewritten) (?:sentence|paragraph|answer|prompt)\b"
+    r"|\b(?:this|the) (?:sentence|paragraph),? (?:\"[^\"\n]{1,200}\",? )?(?:uses|contains|reads|describes|suggests|conveys|implies"
+    r"|is (?:a |an )?(?:classic |great |good |perfect )?example|is grammatically)\b"
+    r"|\bin the context of (?:the|this|your) (?:original |given )?(?:story|narrative|text|sentence|passage|paragraph|prompt)\b"
     r"|\b(?:a|the|here is a|here's a) (?:revised|corrected) version\b"
-    r"|^\s*[-*] (?:Changed|Replaced|Added|Removed) [\"']"
+    r"|^[ \t]*[-*] (?:Changed|Replaced|Added|Removed) [\"']"
     r"|\bthis is a classic example of\b", re.I | re.M)
 # Prompts that ask for work on a text: there a remark about "the sentence" is the answer.
 _EDIT_ASKED = re.compile(r"\b(?:rewrite|re-write|revise|edit|improve|correct|fix|rephrase|proofread|polish"

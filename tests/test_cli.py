@@ -180,9 +180,9 @@ def test_refine_output_exactly(tiny_bundles):
     lines = r.stdout.rstrip("\n").split("\n")
     assert lines[0].startswith("Y⁰: ") and lines[1].startswith("Y*: ") and lines[2] == ""
     assert lines[3] == f"{'term':<14}{'before':>12}{'after':>12}{'gain':>10}"
-    assert [ln.split()[0] for ln in lines[4:9]] == ["total", "logprob", "repetition", "echo", "length"] and lines[9] == ""
+    assert [ln.split()[0] for ln in lines[4:10]] == ["total", "logprob", "repetition", "echo", "length", "guard"] and lines[10] == ""
     k = next(i for i, ln in enumerate(lines) if ln.startswith("sweeps "))
-    assert all(re.fullmatch(r"edit: sweep 1 pos \d+ substitute '.*' → '.*'  ΔJ \+\d+\.\d{3}", ln) for ln in lines[10:k]), lines
+    assert all(re.fullmatch(r"edit: sweep 1 pos \d+ substitute '.*' → '.*'  ΔJ \+\d+\.\d{3}", ln) for ln in lines[11:k]), lines
     assert re.fullmatch(r"sweeps 1 \(\w+\), edits \d+, forward tokens \d+ \(\+\d+ initial\), candidates \d+ "
                         r"\(pruned \d+, \d+ tokens skipped\), \d+\.\d\ds", lines[k]), lines
     assert all(ln.startswith("note: ") for ln in lines[k + 1:]), lines

@@ -503,15 +503,30 @@ def test_meta_comment_flags_an_editors_remark_nobody_asked_for():
     for remark in (".\n\nI made the following changes to improve the original sentence:\n\n- Changed \"the dog\" to \"it\"",
                    ".\n\nThe original sentence, \"The dog ran,\" is a classic example of a non sequitur.",
                    ".\n\nThis sentence is a classic example of a double negative.",
+                   ".\n\nThe answer is no. The sentence \"The girl may have died\" is a classic example of a logical fallacy.",
                    ".\n\nIn the context of your story, this could be a turning point.",
                    ".\n\nIn the context of the original passage, it's a metaphor."):
         assert m.text_report(remark, story).flags["meta_comment"], remark
     # a story's own sentences, versions and examples are not remarks about a text
     for plain in (" to the court, where the judge read out a sentence of ten years.",
                   ". The original version of the song was slower.",
-                  ". The game is a classic example of a game of chance, and he lost."):
+                  ". The game is a classic example of a game of chance, and he lost.",
+                  ". The passage is narrow and damp.", ". The passage contains a secret door.",
+                  ", and the lawyer said the sentence is ten years in prison.", ". The teacher said the given answer was wrong.",
+                  " the original text of the letter.", ". To improve its battery life, lower the screen brightness."):
         assert not m.text_report(plain, story).flags["meta_comment"], plain
     assert not m.text_report("This sentence is a question.", "Explain this sentence: why?").flags["meta_comment"]
+    assert not m.text_report('The sentence "The ball was thrown by John" is in the passive voice.',
+                             "Give an example of the passive voice.").flags["meta_comment"]
+
+
+def test_meta_comment_check_is_linear_on_blank_lines():
+    """A newline loop is a common degenerate output, and the guard runs the check on every candidate."""
+    import time
+
+    t = time.perf_counter()
+    m.comments_on_text("\n" * 20000 + "- x", "")
+    assert time.perf_counter() - t < 2.0  # quadratic backtracking took 5 s here; linear takes milliseconds
     asked = "Improve this sentence: the dog run fast."
     assert not m.text_report("I made a few changes: \"The dog runs fast.\"", asked).flags["meta_comment"]  # editing was asked for
 
@@ -532,8 +547,19 @@ def test_reflag_recounts_a_stored_run_with_todays_checks():
     assert new["meta"]["reflagged_utc"] and new["meta"]["date_utc"] == "now"
     with pytest.raises(ConfigError, match="lacks 1 of the report's prompts"):
         reflag(stored, items[:1])
-    with pytest.raises(ConfigError, match="not an `ortrefine eval` report"):
-        reflag({"outputs": []}, items)
+    for broken, says in (({"outputs": []}, "'meta' is missing"),
+                         ({**stored, "outputs": stored["outputs"][:-1]}, "has no output for prompt"),
+                         ({**stored, "outputs": [{**o, "judges": {}} for o in stored["outputs"]]}, "no score from judge 'j'"),
+                         ({**stored, "outputs": [{**o, "kind": "chat"} for o in stored["outputs"]]}, "another kind"),
+                         ({**stored, "outputs": []}, "no outputs"),
+                         ({**stored, "meta": {**stored["meta"], "bootstrap": None}}, None),
+                         ({**stored, "outputs": [{**o, "judges": {"j": {**o["judges"]["j"], "mean": "x"}}} for o in stored["outputs"]]},
+                          "not a well-formed")):
+        if says is None:
+            assert reflag(broken, items)["summary"]["r"]["n"] == 2  # a missing bootstrap seed falls back to 0
+            continue
+        with pytest.raises(ConfigError, match=says):
+            reflag(broken, items)
 
 
 def test_eval_reflag_cli(tmp_path):
@@ -550,6 +576,10 @@ def test_eval_reflag_cli(tmp_path):
     (tmp_path / "mine" / "report.md").write_text("my notes")
     r = _eval("--reflag", str(stored), "--prompts", str(prompts), "--out", str(tmp_path / "mine"))
     assert r.exit_code != 0 and "Traceback" not in r.output and (tmp_path / "mine" / "report.md").read_text() == "my notes"
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["meta"]["prompts"] == str(prompts)
+    before = stored.read_text()
+    r = _eval("--reflag", str(stored), "--prompts", str(prompts), "--out", str(tmp_path))  # the stored run's own folder
+    assert r.exit_code == 2 and "holds the report being recounted" in r.output and stored.read_text() == before
     prompts.write_text('{"id": "a", "kind": "continue", "prompt": "Once upon a time"}\n')
     r = _eval("--reflag", str(stored), "--prompts", str(prompts), "--out", str(tmp_path / "o2"))
     assert r.exit_code == 2 and "lacks 1" in r.output and not (tmp_path / "o2").exists()

@@ -290,9 +290,10 @@ def test_keep_mode_never_feeds_a_candidates_final_token():
 
 
 def test_default_objective_counts_repetition():
-    """The default J is log P plus the guards against loops, echoes of the prompt and ending early."""
+    """The default J is log P plus the guards against loops, echoes of the prompt, ending early and
+    whatever the evaluation calls degenerate."""
     cfg = RefineConfig()
-    assert [str(o) for o in cfg.objectives] == ["logprob", "repetition=1.0", "echo=4.0", "length=2.0:short=1"]
+    assert [str(o) for o in cfg.objectives] == ["logprob", "repetition=1.0", "echo=4.0", "length=2.0:short=1", "guard=100.0"]
 
 
 @pytest.mark.parametrize("kw,term", [(dict(keywords=("dog", "park")), "coverage"), (dict(reference="a dog in a park"), "reference")])
@@ -302,7 +303,7 @@ def test_task_inputs_switch_their_term_on(kw, term):
 
     names = [ObjectiveSpec.parse(str(o)).name for o in RefineConfig(**kw).objectives]
     # keywords get the keyword task's J (per-token log P: summed log P cut sentences to fragments)
-    assert names == (["mean-logprob", "repetition", term, "finish"] if term == "coverage" else ["logprob", "repetition", "echo", "length", term])
+    assert names == (["mean-logprob", "repetition", term, "finish"] if term == "coverage" else ["logprob", "repetition", "echo", "length", "guard", term])
     added = [str(o) for o in RefineConfig(objectives=["logprob"], **kw).objectives]
     assert added == ["logprob", "coverage=2.0" if term == "coverage" else "reference"]  # the task's term joins a J the user named
     explicit = RefineConfig(objectives=["logprob", f"{term}=3.0"], **kw).objectives

@@ -45,7 +45,7 @@ def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[st
 
     items = read_items(prompts_file)
     if reflag_file is not None:
-        _reflag(reflag_file, items, out)
+        _reflag(reflag_file, prompts_file, items, out)
         return
     if kinds:
         items = [i for i in items if i.kind in kinds]
@@ -63,7 +63,7 @@ def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[st
     click.echo("wrote " + ", ".join(str(f) for f in files))
 
 
-def _reflag(report_file: Path, items: list, out: Path) -> None:
+def _reflag(report_file: Path, prompts_file: Path, items: list, out: Path) -> None:
     import json
 
     from ortrefine.errors import ConfigError
@@ -77,8 +77,11 @@ def _reflag(report_file: Path, items: list, out: Path) -> None:
         raise ConfigError(f"{report_file}: not a readable JSON report ({e})") from None
     if not isinstance(stored, dict):
         raise ConfigError(f"{report_file}: not an `ortrefine eval` report")
+    if out.resolve() == report_file.resolve().parent:
+        raise ConfigError(f"--out {out} holds the report being recounted: give a new folder, so the stored run stays as it was")
     check_report_folder(out, REPORT_FILES)
     report = reflag(stored, items)
+    report["meta"]["prompts"] = str(prompts_file)
     files = write_report(report, out)
     click.echo(markdown(report).split("## Flags")[0].rstrip())
     click.echo("wrote " + ", ".join(str(f) for f in files))

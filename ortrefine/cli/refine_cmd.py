@@ -128,7 +128,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.option("--system", default=None, type=Text(), help="System message for --chat.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--objective", "objectives", multiple=True, type=Text(),
-              help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, coverage, reference, reward, contrastive, judge, echo, finish) "
+              help="Term NAME[=WEIGHT][:key=value,...], repeatable (logprob, mean-logprob, length, repetition, echo, guard, meta, finish, coverage, reference, reward, contrastive, judge) "
                    "[default: " + " ".join(_default_objectives()) + "; with --keywords: " + " ".join(_keyword_objectives()) + "].")
 @click.option("--keywords", default=None, type=Text(), help="Comma-separated words the output must use: switches on the keyword J (coverage, finish) and the keyword guide.")
 @click.option("--reference", default=None, type=Text(), help="Reference text (adds the reference term).")

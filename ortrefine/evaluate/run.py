@@ -202,28 +202,49 @@ def reflag(report: dict[str, Any], items: Sequence[EvalItem]) -> dict[str, Any]:
     decoding or judging again. Texts, seconds and judge scores stay as stored; `items` must be the
     prompts the run used (the flags read the prompt)."""
     try:
-        meta, stored = report["meta"], report["outputs"]
-        by_id = {i.id: i for i in items}
-        missing = sorted({o["id"] for o in stored} - by_id.keys())
-        if missing:
-            raise ConfigError(f"the prompts file lacks {len(missing)} of the report's prompts (first: {missing[0]}): "
-                              "give the prompts file the run used")
-        outputs = [Output(o["id"], o["kind"], o["system"], o["text"], o["tokens"], o["hit_cap"], o["seconds"], o["own_logprob"],
-                          _text_fields(o["text"], by_id[o["id"]], o["hit_cap"]), judges=o["judges"], extra=o.get("extra", {}))
-                   for o in stored]
-        # names are all the summary reads; a stored system's options may predate today's checks
-        systems = [System(s["name"], s["strategy"], {k: v for k, v in s.items() if k not in ("name", "strategy")})
-                   for s in report["systems"]]
-        cfg = EvalConfig(model=meta["model"], judges=[j["bundle"] for j in meta["judges"]], systems=systems,
-                         baseline=meta["baseline"], max_new_tokens=meta["max_new_tokens"], seed=meta.get("bootstrap", {}).get("seed", 0))
-        judge_names = [j["name"] for j in meta["judges"]]
-    except (KeyError, TypeError) as e:
-        raise ConfigError(f"not an `ortrefine eval` report (no {e})") from None
-    used = [by_id[i] for i in dict.fromkeys(o.id for o in outputs)]
+        return _reflag(report, items)
+    except ConfigError:
+        raise
+    except (KeyError, IndexError) as e:
+        raise ConfigError(f"not a whole `ortrefine eval` report: {e} is missing") from None
+    except (TypeError, ValueError, AttributeError, statistics.StatisticsError) as e:
+        raise ConfigError(f"not a well-formed `ortrefine eval` report ({type(e).__name__}: {e})") from None
+
+
+def _reflag(report: dict[str, Any], items: Sequence[EvalItem]) -> dict[str, Any]:
+    meta, stored = report["meta"], report["outputs"]
+    by_id = {i.id: i for i in items}
+    missing = sorted({o["id"] for o in stored} - by_id.keys())
+    if missing:
+        raise ConfigError(f"the prompts file lacks {len(missing)} of the report's prompts (first: {missing[0]}): "
+                          "give the prompts file the run used")
+    other = next((o["id"] for o in stored if o["kind"] != by_id[o["id"]].kind), None)
+    if other is not None:
+        raise ConfigError(f"prompt {other!r} has another kind in the prompts file than in the report: "
+                          "give the prompts file the run used")
+    # names are all the summary reads; a stored system's options may predate today's checks
+    systems = [System(s["name"], s["strategy"], {k: v for k, v in s.items() if k not in ("name", "strategy")})
+               for s in report["systems"]]
+    judge_names = [j["name"] for j in meta["judges"]]
+    ids = list(dict.fromkeys(o["id"] for o in stored))
+    have = {(o["system"], o["id"]) for o in stored}
+    gap = next(((s.name, i) for s in systems for i in ids if (s.name, i) not in have), None)
+    if gap is not None or not ids:
+        raise ConfigError("not a whole `ortrefine eval` report: " +
+                          (f"system {gap[0]!r} has no output for prompt {gap[1]!r}" if gap else "it holds no outputs"))
+    lost = next(((o["id"], j) for o in stored for j in judge_names if j not in o["judges"]), None)
+    if lost is not None:
+        raise ConfigError(f"not a whole `ortrefine eval` report: prompt {lost[0]!r} has no score from judge {lost[1]!r}")
+    outputs = [Output(o["id"], o["kind"], o["system"], o["text"], o["tokens"], o["hit_cap"], o["seconds"], o["own_logprob"],
+                      _text_fields(o["text"], by_id[o["id"]], o["hit_cap"]), judges=o["judges"], extra=o.get("extra", {}))
+               for o in stored]
+    boot = meta.get("bootstrap") or {}
+    cfg = EvalConfig(model=meta["model"], judges=[j["bundle"] for j in meta["judges"]], systems=systems,
+                     baseline=meta["baseline"], max_new_tokens=meta["max_new_tokens"], seed=boot.get("seed", 0))
+    summary = summarize(outputs, [by_id[i] for i in ids], cfg, judge_names)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {"meta": {**meta, "degenerate_flags": [f for f in ALL_FLAGS if f != "cut_off"], "reflagged_utc": now},
-            "systems": report["systems"], "summary": summarize(outputs, used, cfg, judge_names),
-            "outputs": [o.to_dict() for o in outputs]}
+            "systems": report["systems"], "summary": summary, "outputs": [o.to_dict() for o in outputs]}
 
 
 def _judge_all(lm: Any, cfg: EvalConfig, items: Sequence[EvalItem], outputs: list[Output],

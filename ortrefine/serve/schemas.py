@@ -355,5 +355,5 @@ def parse_refine(body: Any, settings: ServeSettings) -> RefineRequest:
     for o in cfg.get("objectives", []):
         if o.strip().startswith(("reward", "contrastive", "judge")):
             raise APIError("reward, contrastive and judge terms import code or open files named in the request, so the server refuses them; "
-                           "use logprob, mean-logprob, length, repetition, echo, finish, coverage or reference", param="objectives")
+                           "use logprob, mean-logprob, length, repetition, echo, guard, meta, finish, coverage or reference", param="objectives")
     return RefineRequest(model, prompt, messages, cfg)

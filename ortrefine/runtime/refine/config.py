@@ -23,7 +23,10 @@ EDIT_KINDS = ("substitute", "insert", "delete")
 # J when the user names no term. log P alone rewards loops, early endings and copying the prompt:
 # under an independent judge (benchmarks/eval) it made fluent greedy outputs loop (the repetition
 # term removed that), cut one continuation to "." (length:short) and quoted prompts back (echo).
-DEFAULT_OBJECTIVES = ("logprob", "repetition=1.0", "echo=4.0", "length=2.0:short=1")
+# Where the instruct model finds a loop or an editor's remark likelier than the graded terms
+# cost, the guard (the evaluation's own degeneration checks, at a weight no log P gain reaches)
+# refuses it.
+DEFAULT_OBJECTIVES = ("logprob", "repetition=1.0", "echo=4.0", "length=2.0:short=1", "guard=100.0")
 # J for the keyword task when the user names no term. Summed log P rewards ending early, so edits
 # cut sentences down to fragments that drop concepts ("A spoon."); per-token log P does not. On
 # CommonGen sets of 4-5 concepts it put every concept in a real sentence far more often than
