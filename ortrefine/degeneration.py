@@ -85,17 +85,29 @@ def echoes_prompt(text: str, prompt: str, n: int = 4) -> bool:
     return head in set(ngrams(words(text), n))
 
 
-def degeneration_flags(text: str, prompt: str, keywords: Sequence[str] = ()) -> dict[str, bool]:
-    """Each of DEGENERATE_FLAGS for one output. Thresholds: a word 3-gram 3+ times, distinct-2
-    below 0.7 (over at least 3 bigrams: shorter texts say nothing), a character run of 8+, the
-    prompt's first 4 words echoed; keyword_list only with keywords."""
+def text_stats(text: str) -> dict[str, float | int | None]:
+    """The numbers behind the flags, each from one split of the text into words: the most
+    frequent word 3-gram's count, distinct-2, the longest character run, the word count."""
     ws = words(text)
-    d2 = distinct_n(text, 2)
+    grams3, grams2 = ngrams(ws, 3), ngrams(ws, 2)
+    return {"max_3gram_count": max(Counter(grams3).values(), default=0),
+            "distinct2": len(set(grams2)) / len(grams2) if grams2 else None,
+            "longest_char_run": longest_char_run(text), "words": len(ws)}
+
+
+def degeneration_flags(text: str, prompt: str, keywords: Sequence[str] = (),
+                       stats: dict[str, float | int | None] | None = None) -> dict[str, bool]:
+    """Each of DEGENERATE_FLAGS for one output (`stats`: text_stats(text), when the caller has it).
+    Thresholds: a word 3-gram 3+ times, distinct-2 below 0.7 (over at least 3 bigrams: shorter
+    texts say nothing), a character run of 8+, the prompt's first 4 words echoed; keyword_list
+    only with keywords."""
+    st = text_stats(text) if stats is None else stats
+    d2 = st["distinct2"]
     return {
-        "empty": not ws,
-        "repeated_ngram": max_ngram_count(text, 3) >= 3,
-        "low_distinct2": d2 is not None and len(ws) - 1 >= 3 and d2 < 0.7,
-        "char_run": longest_char_run(text) >= 8,
+        "empty": not st["words"],
+        "repeated_ngram": st["max_3gram_count"] >= 3,
+        "low_distinct2": d2 is not None and st["words"] - 1 >= 3 and d2 < 0.7,
+        "char_run": st["longest_char_run"] >= 8,
         "prompt_echo": echoes_prompt(text, prompt, 4),
         "keyword_list": bool(keywords) and is_keyword_list(text, keywords),
         "meta_comment": comments_on_text(text, prompt),

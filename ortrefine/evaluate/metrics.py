@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
 
-from ortrefine.degeneration import (  # noqa: F401  (re-exported: the eval's public names)
-    DEGENERATE_FLAGS, degeneration_flags, distinct_n, echoes_prompt, longest_char_run, max_ngram_count, ngrams,
+from ortrefine.degeneration import (  # noqa: F401  (re-exported: the eval's public names; comments_on_text is the meta_comment flag)
+    DEGENERATE_FLAGS, comments_on_text, degeneration_flags, distinct_n, echoes_prompt, longest_char_run, max_ngram_count, ngrams,
+    text_stats,
 )
 from ortrefine.lexicon import (  # noqa: F401  (re-exported: the eval's public names)
     FUNCTION_WORDS, VERB_CUES, _undone_inflections, covered_keywords, is_keyword_list, is_verb_form, keyword_forms, lemma,
     word_forms, words,
 )
-from ortrefine.degeneration import comments_on_text  # noqa: F401  (the meta_comment flag; the meta term uses it too)
 
 # cut_off is reported but not counted as degenerate: at 32 new tokens nearly every continuation
 # stops at the cap mid-sentence
@@ -110,13 +110,10 @@ def text_report(text: str, prompt: str, hit_cap: bool = False, keywords: Sequenc
     """Flags and scores of one output. Thresholds: a word 3-gram 3+ times, distinct-2 below 0.7
     (over at least 3 bigrams: shorter texts say nothing), a character run of 8+, the prompt's
     first 4 words echoed."""
-    ws = words(text)
-    d2 = distinct_n(text, 2)
-    rep = max_ngram_count(text, 3)
-    run = longest_char_run(text)
-    flags = {**degeneration_flags(text, prompt, keywords), "cut_off": is_cut_off(text, hit_cap)}
+    stats = text_stats(text)
+    flags = {**degeneration_flags(text, prompt, keywords, stats), "cut_off": is_cut_off(text, hit_cap)}
     degenerate = any(flags[f] for f in DEGENERATE_FLAGS)
-    rep_ = TextReport(flags, degenerate, {"max_3gram_count": rep, "distinct2": d2, "longest_char_run": run, "words": len(ws)})
+    rep_ = TextReport(flags, degenerate, stats)
     if keywords:
         rep_.keywords_covered = covered_keywords(text, keywords)
         rep_.coverage = len(rep_.keywords_covered) / len(keywords)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-
 STOPWORDS = frozenset(
     "a an the and or but if then else of to in on at by for with from into onto over under about as is are was were "
     "be been being do does did have has had this that these those it its they them their there here what which who whom "
