@@ -589,3 +589,33 @@ def test_eval_reflag_cli(tmp_path):
     assert r.exit_code == 2 and "not a readable JSON report" in r.output and "Traceback" not in r.output
     r = _eval("--prompts", str(prompts), "--out", str(tmp_path / "o4"))  # no --reflag: a judge is required
     assert r.exit_code == 2 and "--judge" in r.output and not (tmp_path / "o4").exists()
+
+
+def test_reference_system_scores_the_human_reference(tiny_bundles, eval_inputs, tmp_path):
+    """The judge's verdict on what a person wrote, beside a system's: the reference's text, no decoding."""
+    prompts, _ = eval_inputs
+    llama, gpt2 = str(tiny_bundles["llama"]), str(tiny_bundles["gpt2"])
+    systems = tmp_path / "ref.json"
+    systems.write_text(json.dumps([{"name": "greedy", "strategy": "greedy"}, {"name": "human", "strategy": "reference"}]))
+    out = tmp_path / "report"
+    r = _eval("--prompts", str(prompts), "--systems", str(systems), "--judge", gpt2, "--model", llama,
+              "--out", str(out), "--limit", "1", "--max-new-tokens", "2")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    human = [o for o in rep["outputs"] if o["system"] == "human"]
+    assert [o["text"] for o in human] == ["A dog runs in the park."]
+    assert human[0]["hit_cap"] is False and human[0]["flags"]["cut_off"] is False  # longer than the 2-token cap, not cut
+    (score,) = human[0]["judges"].values()
+    assert human[0]["all_covered"] is True and human[0]["tokens"] > 2 and score["mean"] < 0 and score["tokens"] > 2
+    assert rep["summary"]["human"]["judges"]
+    # a prompt without references is refused before any decoding, in one line
+    r = _eval("--prompts", str(prompts), "--systems", str(systems), "--judge", gpt2, "--model", llama,
+              "--out", str(tmp_path / "r2"), "--max-new-tokens", "2")
+    assert r.exit_code != 0 and "needs a reference on every prompt" in r.output and "'c1'" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "r2").exists()
+
+
+def test_reference_system_takes_no_options(tmp_path):
+    with pytest.raises(ConfigError, match="unknown option"):
+        parse_system({"name": "h", "strategy": "reference", "num_beams": 2}, "x")
+    assert parse_system({"name": "h", "strategy": "reference"}, "x").objectives() == []

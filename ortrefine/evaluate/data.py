@@ -109,7 +109,7 @@ def read_items(path: str | Path) -> list[EvalItem]:
 
 
 # -- systems --------------------------------------------------------------------------------------
-STRATEGIES = ("greedy", "beam", "sample", "refine")
+STRATEGIES = ("greedy", "beam", "sample", "refine", "reference")
 _GENERATION_KEYS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "num_beams", "length_penalty", "early_stopping", "stop"}
 
 
@@ -117,7 +117,9 @@ _GENERATION_KEYS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "
 class System:
     """One way of producing outputs.
 
-    name: as it appears in the report (unique). strategy: greedy | beam | sample | refine.
+    name: as it appears in the report (unique). strategy: greedy | beam | sample | refine |
+        reference (no decoding: each prompt's first human reference, scored like any output, so
+        the judge's verdict on a system can be set beside its verdict on what a person wrote).
     options: for greedy/beam/sample, GenerationConfig fields (num_beams, temperature, top_k,
         top_p, seed, ...); for refine, RefineConfig fields (objectives, top_k, sweeps, mode,
         budget_seconds, ...) plus "initial_strategy": a strategy name or a table of
@@ -176,7 +178,7 @@ class System:
 
                 for o in self.objectives():
                     ObjectiveSpec.parse(o)
-            else:
+            elif self.strategy != "reference":
                 self.generation_config(max_new_tokens)
         except TypeError as e:  # an unknown keyword reaches the dataclass
             raise ConfigError(f"system {self.name!r}: {e}") from None
@@ -211,11 +213,11 @@ def parse_system(d: Any, where: str) -> System:
     if strategy not in STRATEGIES:
         raise ConfigError(f"{where}: system {name!r}: strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     options = {k: v for k, v in d.items() if k not in ("name", "strategy")}
-    allowed = _refine_keys() if strategy == "refine" else _GENERATION_KEYS
+    allowed = _refine_keys() if strategy == "refine" else set() if strategy == "reference" else _GENERATION_KEYS
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(f"{where}: system {name!r} ({strategy}): unknown option(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(allowed))}")
+                          f"known: {', '.join(sorted(allowed)) or 'none'}")
     if strategy == "greedy" and options.keys() - {"max_new_tokens", "stop"}:
         raise ConfigError(f"{where}: system {name!r}: greedy takes only max_new_tokens and stop")
     if "objectives" in options:

@@ -85,6 +85,9 @@ class Output:
 
 def _decode(lm: Any, item: EvalItem, system: System, max_new_tokens: int) -> tuple[str, list[int], float | None, dict[str, Any]]:
     """(text, ids, own log P, extra) of one system on one prompt."""
+    if system.strategy == "reference":
+        text = item.references[0]
+        return text, list(lm.tokenizer.encode_plain(text)), None, {"reference": 0}
     if system.strategy == "refine":
         from ortrefine.runtime.refine import refine
 
@@ -139,6 +142,7 @@ def run_eval(cfg: EvalConfig, items: Sequence[EvalItem], progress: Callable[[str
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
     judge_names = _check_inputs(cfg)
+    _check_references(cfg, items)
     indep = {judge_names[j]: independence(cfg, j) for j in cfg.judges}
     lm = ortrefine.load(cfg.model, provider=cfg.provider, threads=cfg.threads)
     outputs = _decode_all(lm, cfg, items, say)
@@ -173,6 +177,15 @@ def _check_inputs(cfg: EvalConfig) -> dict[str, str]:
     return {j: _judge_name(j, cfg.judges) for j in cfg.judges}
 
 
+def _check_references(cfg: EvalConfig, items: Sequence[EvalItem]) -> None:
+    """A reference system needs a reference on every prompt: refused before any decoding."""
+    if any(s.strategy == "reference" for s in cfg.systems):
+        missing = [i.id for i in items if not i.references]
+        if missing:
+            raise ConfigError(f"a system of strategy reference needs a reference on every prompt; {len(missing)} have none "
+                              f"(first: {missing[0]!r})")
+
+
 def _decode_all(lm: Any, cfg: EvalConfig, items: Sequence[EvalItem], say: Callable[[str], None]) -> list[Output]:
     """Every system on every prompt, with the text statistics that need no model."""
     outputs: list[Output] = []
@@ -182,7 +195,7 @@ def _decode_all(lm: Any, cfg: EvalConfig, items: Sequence[EvalItem], say: Callab
             text, ids, own, extra = _decode(lm, item, system, cfg.max_new_tokens)
             seconds = time.perf_counter() - t
             cap = system.options.get("max_new_tokens", cfg.max_new_tokens)
-            hit_cap = len(ids) >= cap and not (ids and ids[-1] in lm.eos_ids)
+            hit_cap = system.strategy != "reference" and len(ids) >= cap and not (ids and ids[-1] in lm.eos_ids)
             fields = _text_fields(text, item, hit_cap)
             outputs.append(Output(item.id, item.kind, system.name, text, len(ids), hit_cap, seconds, own, fields, extra=extra))
             say(f"[{n}/{len(items)}] {item.id} {system.name}: {seconds:.1f}s{' (degenerate)' if fields['degenerate'] else ''}")
