@@ -64,19 +64,12 @@ def eval_command(prompts_file: Path, systems_file: Path | None, judges: tuple[st
 
 
 def _reflag(report_file: Path, prompts_file: Path, items: list, out: Path) -> None:
-    import json
-
     from ortrefine.errors import ConfigError
-    from ortrefine.evaluate.report import REPORT_FILES, markdown, write_report
+    from ortrefine.evaluate.report import REPORT_FILES, markdown, read_report, write_report
     from ortrefine.evaluate.run import reflag
     from ortrefine.reports import check_report_folder
 
-    try:
-        stored = json.loads(report_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{report_file}: not a readable JSON report ({e})") from None
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{report_file}: not an `ortrefine eval` report")
+    stored = read_report(report_file)
     if out.resolve() == report_file.resolve().parent:
         raise ConfigError(f"--out {out} holds the report being recounted: give a new folder, so the stored run stays as it was")
     check_report_folder(out, REPORT_FILES)

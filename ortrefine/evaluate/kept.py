@@ -12,15 +12,16 @@ Several report pairs (prompt sets) can be pooled.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ortrefine.errors import ConfigError
+from ortrefine.evaluate.report import read_report
 from ortrefine.evaluate.stats import Interval, bootstrap_mean
+
+__all__ = ["GainKept", "Ratio", "gain_kept", "markdown", "read_report"]
 
 
 @dataclass
@@ -67,17 +68,6 @@ class GainKept:
         return asdict(self)
 
 
-def read_report(path: Path) -> dict[str, Any]:
-    """A stored report.json, or a one-line ConfigError saying why it is not one."""
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not a readable JSON report ({e})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("outputs"), list) or not isinstance(report.get("meta"), dict):
-        raise ConfigError(f"{path}: not an `ortrefine eval` report (no meta and outputs)")
-    return report
-
-
 def gain_kept(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], system: str = "refine", baseline: str | None = None,
               judge: str | None = None, threshold: float = 0.8, seed: int = 0, resamples: int = 2000,
               names: Sequence[tuple[str, str]] | None = None, quant_system: str | None = None) -> GainKept:
@@ -108,14 +98,14 @@ def gain_kept(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], system: st
         ids = sorted({i for i, _ in f_out})
         n_prompts += len(ids)
         for i in ids:
-            for bundle, out in (("full", f_out), ("quant", q_out)):
-                for s in (baseline, system):
-                    degenerate[f"{bundle}/{s}"] += bool(out[(i, s)]["degenerate"])
-            if any(out[(i, s)]["degenerate"] for out in (f_out, q_out) for s in (baseline, system)):
+            four = {(bundle, s): out[(i, s)] for bundle, out in (("full", f_out), ("quant", q_out)) for s in (baseline, system)}
+            for (bundle, s), o in four.items():
+                degenerate[f"{bundle}/{s}"] += bool(o["degenerate"])
+            if any(o["degenerate"] for o in four.values()):
                 continue
-            score = lambda out, s: float(out[(i, s)]["judges"][judge]["mean"])  # noqa: E731
-            rows.append((score(f_out, system) - score(f_out, baseline), score(q_out, system) - score(q_out, baseline),
-                         score(q_out, system) - score(f_out, baseline)))
+            score = {key: float(o["judges"][judge]["mean"]) for key, o in four.items()}
+            rows.append((score["full", system] - score["full", baseline], score["quant", system] - score["quant", baseline],
+                         score["quant", system] - score["full", baseline]))
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
     full_gain, quant_gain, quant_vs_full = arr[:, 0], arr[:, 1], arr[:, 2]
     margin = bootstrap_mean(quant_gain - threshold * full_gain, seed, resamples)

@@ -8,7 +8,20 @@ import logging
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from ortrefine.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A stored report.json, or a one-line ConfigError saying why it is not one."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable JSON report ({e})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("outputs"), list) or not isinstance(report.get("meta"), dict):
+        raise ConfigError(f"{path}: not an `ortrefine eval` report (no meta and outputs)")
+    return report
 
 
 def _ci(d: dict[str, Any] | None, fmt: str = "{:+.2f}") -> str:
