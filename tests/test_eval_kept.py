@@ -136,3 +136,43 @@ def test_the_quantized_run_may_name_the_system_differently():
     assert r.kept.value == pytest.approx(0.5) and r.degenerate["quant/refine-guard100"] == 0
     with pytest.raises(ConfigError, match="no system 'refine-guard100'"):
         gain_kept([(full, quant)], system="refine-guard100")
+
+
+def _rename(report: dict, old: str, new: str) -> dict:
+    for o in report["outputs"]:
+        if o["system"] == old:
+            o["system"] = new
+    return report
+
+
+def test_each_pair_may_name_the_system_its_own_way(tmp_path):
+    # two days' runs: the first named the default refine-guard100 in both bundles, the second refine
+    a_full, a_quant = (_rename(r, "refine", "refine-guard100") for r in _pair([0.2, 0.4], [0.1, 0.2]))
+    b_full, b_quant = _pair([0.6, 0.2], [0.3, 0.1])
+    r = gain_kept([(a_full, a_quant), (b_full, b_quant)], system=["refine-guard100", "refine"])
+    assert r.n_clean == 4 and r.gain_full.mean == pytest.approx(0.35) and r.kept.value == pytest.approx(0.5)
+    assert r.system == "refine-guard100, refine" and set(r.degenerate) == {"full/greedy", "full/refine-guard100, refine",
+                                                                           "quant/greedy", "quant/refine-guard100, refine"}
+    _rename(b_quant, "refine", "r-int4")
+    r = gain_kept([(a_full, a_quant), (b_full, b_quant)], system=["refine-guard100", "refine"],
+                  quant_system=["refine-guard100", "r-int4"])
+    assert r.kept.value == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="no system 'refine'"):  # the names go with their pairs, in order
+        gain_kept([(a_full, a_quant), (b_full, b_quant)], system=["refine", "refine-guard100"])
+    with pytest.raises(ConfigError, match=r"once per pair of reports \(2\); got 3"):
+        gain_kept([(a_full, a_quant), (b_full, b_quant)], system=["a", "b", "c"])
+    with pytest.raises(ConfigError, match="both 'greedy'"):
+        gain_kept([(b_full, b_full)], system="greedy")
+
+    from ortrefine.cli.main import cli
+
+    for name, report in (("af", a_full), ("aq", a_quant), ("bf", b_full), ("bq", b_quant)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    args = ["eval-kept", "--full", str(tmp_path / "af.json"), "--quant", str(tmp_path / "aq.json"),
+            "--full", str(tmp_path / "bf.json"), "--quant", str(tmp_path / "bq.json"), "--json"]
+    r = CliRunner().invoke(cli, args + ["--system", "refine-guard100", "--system", "refine",
+                                        "--quant-system", "refine-guard100", "--quant-system", "r-int4"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["kept"]["value"] == pytest.approx(0.5)
+    r = CliRunner().invoke(cli, args + ["--system", "a", "--system", "b", "--system", "c"])
+    assert r.exit_code != 0 and "once per pair" in r.output and "Traceback" not in r.output

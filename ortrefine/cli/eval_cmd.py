@@ -85,15 +85,17 @@ def _reflag(report_file: Path, prompts_file: Path, items: list, out: Path) -> No
               help="report.json of a run on the full-precision bundle (repeatable: one per prompt set, paired with --quant in order).")
 @click.option("--quant", "quant_reports", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="report.json of the same run on the quantized bundle.")
-@click.option("--system", default="refine", show_default=True, help="The system whose gain is compared.")
-@click.option("--quant-system", default=None, help="Its name in the --quant reports, where that differs (default: --system).")
+@click.option("--system", "systems", multiple=True, help="The system whose gain is compared (default: refine); once for all "
+              "pairs, or once per --full where the stored runs name it differently.")
+@click.option("--quant-system", "quant_systems", multiple=True, help="Its name in the --quant reports, where that differs "
+              "(default: --system); once, or once per --quant.")
 @click.option("--baseline", default=None, help="The system the gain is measured from (default: the reports' baseline).")
 @click.option("--judge", default=None, help="Judge name (default: the one judge every report has).")
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="Share of the full-precision gain to test for.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the bootstrap intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @domain_errors
-def eval_kept_command(full_reports: tuple[Path, ...], quant_reports: tuple[Path, ...], system: str, quant_system: str | None,
+def eval_kept_command(full_reports: tuple[Path, ...], quant_reports: tuple[Path, ...], systems: tuple[str, ...], quant_systems: tuple[str, ...],
                       baseline: str | None, judge: str | None, threshold: float, seed: int, as_json: bool) -> None:
     """How much of the judged gain of SYSTEM over BASELINE a quantized bundle keeps, from stored eval reports."""
     import json
@@ -103,7 +105,8 @@ def eval_kept_command(full_reports: tuple[Path, ...], quant_reports: tuple[Path,
     if len(full_reports) != len(quant_reports):
         raise click.UsageError(f"give one --quant per --full (got {len(full_reports)} and {len(quant_reports)})")
     pairs = [(read_report(a), read_report(b)) for a, b in zip(full_reports, quant_reports)]
-    result = gain_kept(pairs, system=system, baseline=baseline, judge=judge, threshold=threshold, seed=seed, quant_system=quant_system,
+    result = gain_kept(pairs, system=systems or "refine", baseline=baseline, judge=judge, threshold=threshold, seed=seed,
+                       quant_system=quant_systems or None,
                        names=[(str(a), str(b)) for a, b in zip(full_reports, quant_reports)])
     click.echo(json.dumps(result.to_dict(), indent=1) if as_json else markdown(result))
 

@@ -68,30 +68,35 @@ class GainKept:
         return asdict(self)
 
 
-def gain_kept(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], system: str = "refine", baseline: str | None = None,
-              judge: str | None = None, threshold: float = 0.8, seed: int = 0, resamples: int = 2000,
-              names: Sequence[tuple[str, str]] | None = None, quant_system: str | None = None) -> GainKept:
+def gain_kept(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], system: str | Sequence[str] = "refine",
+              baseline: str | None = None, judge: str | None = None, threshold: float = 0.8, seed: int = 0, resamples: int = 2000,
+              names: Sequence[tuple[str, str]] | None = None, quant_system: str | Sequence[str] | None = None) -> GainKept:
     """Pool (full, quantized) report pairs and compare their judged gains on common clean prompts.
 
+    system: the compared system's name in the full reports: one for all pairs, or one per pair
+    (stored runs of different days name the same default differently). quant_system: its name
+    in the quantized reports where that differs (default `system`), likewise one or one per pair.
     baseline: default the reports' own baseline (they must agree); judge: default the one judge
     every report has. names: a label for each report (its path), used in errors and the result.
-    quant_system: the system's name in the quantized reports where it differs (default `system`).
     """
     if not pairs:
         raise ConfigError("give at least one pair of reports (full precision, quantized)")
     if not 0 < threshold <= 1:
         raise ConfigError(f"--threshold is a share of the full-precision gain, in (0, 1], got {threshold}")
     names = list(names) if names is not None else [(f"full[{k}]", f"quant[{k}]") for k in range(len(pairs))]
+    full_systems = _per_pair(system, len(pairs), "--system")
+    quant_systems = _per_pair(quant_system, len(pairs), "--quant-system") if quant_system else full_systems
+    system = ", ".join(dict.fromkeys(full_systems))  # the result's label
     baseline = baseline or _common_baseline(pairs)
     judge = judge or _common_judge(pairs)
-    quant_system = quant_system or system
     rows: list[tuple[float, float, float]] = []
     degenerate = {f"{b}/{s}": 0 for b in ("full", "quant") for s in (baseline, system)}
     n_prompts = 0
-    for (full, quant), (full_name, quant_name) in zip(pairs, names):
-        f_out = _outputs(full, full_name, (baseline, system), judge)
-        q_out = _outputs(quant, quant_name, (baseline, quant_system), judge)
-        q_out = {(i, system if s == quant_system else s): o for (i, s), o in q_out.items()}
+    for (full, quant), (full_name, quant_name), f_sys, q_sys in zip(pairs, names, full_systems, quant_systems):
+        if baseline in (f_sys, q_sys):
+            raise ConfigError(f"the compared system and the baseline are both {baseline!r}: name another --system or --baseline")
+        f_out = {(i, system if s == f_sys else s): o for (i, s), o in _outputs(full, full_name, (baseline, f_sys), judge).items()}
+        q_out = {(i, system if s == q_sys else s): o for (i, s), o in _outputs(quant, quant_name, (baseline, q_sys), judge).items()}
         if set(f_out) != set(q_out):
             raise ConfigError(f"{full_name} and {quant_name} are not runs of the same prompts and systems")
         _check_same_run(full, quant, full_name, quant_name)
@@ -141,6 +146,16 @@ def _outputs(report: dict[str, Any], name: str, systems: Sequence[str], judge: s
     if len(found) != len(ids) * len(systems):
         raise ConfigError(f"{name}: not every prompt has an output of every compared system")
     return found
+
+
+def _per_pair(value: str | Sequence[str], n: int, option: str) -> list[str]:
+    """A name for every report pair: one given for all, or exactly one per pair."""
+    values = [value] if isinstance(value, str) else list(value)
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ConfigError(f"give {option} once, or once per pair of reports ({n}); got {len(values)}")
+    return values
 
 
 def _common_baseline(pairs: Sequence[tuple[dict, dict]]) -> str:
