@@ -454,31 +454,3 @@ def test_guard_keeps_refinement_from_making_a_loop(monkeypatch):
     held = refine(table_lm(table), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3))
     assert "abab" not in free.initial.text and "abab" in free.final.text  # log P prefers the loop
     assert "abab" not in held.final.text and held.objective_after["total"] >= held.objective_before["total"]
-
-
-# As TRAP, but a third start "e" leads to a sentence better than greedy's "bd" and worse than
-# what the batched passes make of "cd"
-TRAP3 = {"a": {"b": 0.45, "c": 0.3, "e": 0.25}, "b": {"d": 0.3, "g": 0.3, "h": 0.3}, "c": {"d": 0.95}, "e": {"f": 0.95}}
-
-
-class LayoutDependentTrap3(LayoutDependentLM):
-    def __init__(self) -> None:
-        self.inner = table_lm(TRAP3)
-
-
-@pytest.mark.parametrize("mode", ["keep", "regenerate"])
-def test_a_winner_lost_on_the_full_pass_gives_way_to_the_next_best(mode):
-    lm = LayoutDependentTrap3()
-    initial = None if mode == "regenerate" else "bd"
-    r = refine(lm, "a", RefineConfig(mode=mode, top_k=3, max_new_tokens=2, initial=initial, objectives=["logprob"]))
-    assert r.initial.text == "bd"
-    if mode == "regenerate":  # e's greedy suffix is f: "ef" beats "bd" on the full pass
-        assert r.final.text == "ef" and [(e.position, e.old_token, e.new_token) for e in r.edits] == [(0, "b", "e")]
-    else:  # keep mode keeps d: "ed" is worse than "bd", so nothing beats the incumbent
-        assert r.final.text == "bd"
-    assert r.cost.rescore_rejected == 1
-    r0 = refine(lm, "a", RefineConfig(mode=mode, top_k=3, max_new_tokens=2, initial=initial, objectives=["logprob"],
-                                      rescore_retries=0))
-    assert r0.final.text == "bd" and r0.edits == [] and r0.cost.rescore_rejected == 1
-    with pytest.raises(ConfigError, match="rescore_retries must be >= 0"):
-        RefineConfig(rescore_retries=-1)

@@ -89,10 +89,6 @@ class RefineConfig:
         screen stops that at a few tokens each. Accepted edits are still scored exactly (J never
         falls), but an edit the screen ranks low is missed.
     screen_keep: candidates per batch finished after the screen.
-    rescore_retries: when a group's winner loses on the full pass that decides (batched and
-        full passes differ on int4 MatMulNBits by ~0.04 nats per token), the group is scored
-        again without it, up to this many times, so the next best edit is not lost. Bundles
-        whose passes agree (fp32) never retry.
     max_rows: candidates per forward pass (memory bound for top_k=None).
     max_new_tokens: length cap of Y⁰ and of every candidate.
     chat / system: wrap the prompt in the chat template.
@@ -127,7 +123,6 @@ class RefineConfig:
     draft: int = 0
     screen: int = 2  # the independent judge preferred it to exact scoring, and it is faster (benchmarks/eval/dev-screen)
     screen_keep: int = 4
-    rescore_retries: int = 2
     max_rows: int = 64
     max_new_tokens: int = 32
     chat: bool = False
@@ -178,7 +173,7 @@ class RefineConfig:
         for name in ("sweeps", "positions_per_batch", "chunk", "screen_keep", "max_rows", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("draft", "screen", "rescore_retries"):
+        for name in ("draft", "screen"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.top_k is not None and self.top_k < 1:

@@ -233,19 +233,15 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
     def _best_edit(self, state: _State, sweep: int, cands: list[_Candidate]) -> tuple[_State, Edit] | None:
         """The group's best candidate as the new incumbent, if it beats the incumbent by tol."""
         cfg = self.cfg
-        for _ in range(cfg.rescore_retries + 1):
-            J, ids, cand, lp, parts = self.score_group(state, cands)
-            if ids is None or not J > state.J + cfg.tol:
-                return None
-            new_state = self.build_state(ids)
-            if new_state.J > state.J + cfg.tol:
-                break
+        J, ids, cand, lp, parts = self.score_group(state, cands)
+        if ids is None or not J > state.J + cfg.tol:
+            return None
+        new_state = self.build_state(ids)
+        if not new_state.J > state.J + cfg.tol:
             # Batched and full passes can differ beyond float noise (int4 MatMulNBits), and
             # accepting on the batched score alone let two edits undo each other sweep after
-            # sweep. The full pass decides; the group's next best may still beat the incumbent.
+            # sweep. The full pass decides.
             self.cost.rescore_rejected += 1
-            cands = [c for c in cands if c is not cand]
-        else:
             return None
         tok = self.lm.tokenizer
         return new_state, Edit(
