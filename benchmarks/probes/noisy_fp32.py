@@ -1,0 +1,134 @@
+"""A null for "int4 keeps less of the judged gain": fp32 with a perturbation as large as int4's
+error but the same on every pass. Refinement's path through its edits is chaotic (from the same
+greedy start, int4 and fp32 end on the same text 13 times in 139, benchmarks/eval/int4-crossed/),
+so one bundle's judged gain is one draw. If fp32 + noise loses as much as int4 does, int4's loss
+is the perturbation, not int4's passes disagreeing with each other.
+
+The noise is a fixed N(0, sigma) vector over the vocabulary per *input* token, added to the
+logits that token's position produces: a function of the sequence, identical in full passes,
+batched passes and decode steps (decoding is routed through `LM.forward` so no pass escapes it).
+
+    python benchmarks/probes/noisy_fp32.py --calibrate                 # |Δ log p| against fp32, per sigma
+    python benchmarks/probes/noisy_fp32.py --sigma S --prompts P --judge models/gemma3-270m --out F.jsonl
+    python benchmarks/probes/noisy_fp32.py --summary F.jsonl --fp32-report R.json   # against fp32's stored run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+import ortrefine
+from ortrefine.runtime.steppers import PlainSteps
+
+FP32 = "models/smollm2-135m"
+MAX_NEW = 32
+
+
+def noisy(lm, sigma: float, seed: int = 0):
+    """`lm` with the fixed per-input-token logit noise on every forward pass."""
+    cache: dict[int, np.ndarray] = {}
+    vocab = None
+    forward = lm.forward
+
+    def row(tok: int) -> np.ndarray:
+        if tok not in cache:
+            cache[tok] = (sigma * np.random.default_rng((seed, tok)).standard_normal(vocab)).astype(np.float32)
+        return cache[tok]
+
+    def noisy_forward(input_ids, past=None, attention_mask=None, keep_last=None):
+        nonlocal vocab
+        out = forward(input_ids, past, attention_mask, keep_last)
+        vocab = out.logits.shape[-1]
+        ids = np.asarray(input_ids)[:, -out.logits.shape[1]:]
+        out.logits = out.logits + np.stack([np.stack([row(int(t)) for t in r]) for r in ids])
+        return out
+
+    lm.forward = noisy_forward
+    lm.steps = lambda kv, new_tokens: PlainSteps(lm, kv)
+    return lm
+
+
+def _prompts(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def calibrate(prompts: list[dict]) -> None:
+    fp = ortrefine.load(FP32, provider="cpu")
+    texts = [fp.generate(p["prompt"], max_new_tokens=MAX_NEW) for p in prompts[:12]]
+    for sigma in (0.05, 0.1, 0.2):
+        lm = noisy(ortrefine.load(FP32, provider="cpu"), sigma)
+        d = [np.abs(np.asarray(lm.score(g.prompt_ids, [g.ids]).token_logprobs[0], dtype=np.float64)
+                    - np.asarray(g.token_logprobs, dtype=np.float64)) for g in texts]
+        print(f"sigma {sigma}: mean |Δ log p| per token against fp32 {np.concatenate(d).mean():.4f}")
+
+
+def run(args) -> None:
+    from ortrefine.evaluate.judge import judge_context, judge_texts
+    from ortrefine.evaluate.metrics import text_report
+    from ortrefine.runtime.refine import RefineConfig, refine
+
+    lm = noisy(ortrefine.load(FP32, provider="cpu"), args.sigma)
+    judge = ortrefine.load(args.judge, provider="cpu")
+    out = Path(args.out)
+    done = {json.loads(line)["id"] for line in out.read_text().splitlines()} if out.exists() else set()
+    for p in _prompts(args.prompts):
+        if p["id"] in done:
+            continue
+        r = refine(lm, p["prompt"], RefineConfig(max_new_tokens=MAX_NEW))
+        texts = {"gN": r.initial.text, "nN": r.final.text}
+        scores = judge_texts(judge, judge_context(p["prompt"], False), list(texts.values()))
+        row = {"id": p["id"], "sigma": args.sigma, "texts": texts, "judge": {k: s.mean for k, s in zip(texts, scores)},
+               "degenerate": {k: text_report(t, p["prompt"]).degenerate for k, t in texts.items()}}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(p["id"], row["judge"], flush=True)
+
+
+def summary(path: str, fp32_report: str) -> None:
+    from ortrefine.evaluate.stats import bootstrap_mean
+
+    rows = {r["id"]: r for r in (json.loads(line) for line in Path(path).read_text().splitlines() if line.strip())}
+    rep = json.loads(Path(fp32_report).read_text())
+    judge = rep["meta"]["judges"][0]["name"]
+    fp = {(o["id"], "g" if o["system"] == "greedy" else "f"): o for o in rep["outputs"]}
+    ids = [i for i in rows if not (rows[i]["degenerate"]["gN"] or rows[i]["degenerate"]["nN"]
+                                   or fp[(i, "g")]["degenerate"] or fp[(i, "f")]["degenerate"])]
+
+    def ci(v) -> str:
+        iv = bootstrap_mean(np.asarray(v, dtype=np.float64), 0, 2000)
+        return f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+
+    gain_f = [fp[(i, "f")]["judges"][judge]["mean"] - fp[(i, "g")]["judges"][judge]["mean"] for i in ids]
+    gain_n = [rows[i]["judge"]["nN"] - rows[i]["judge"]["gN"] for i in ids]
+    print(f"{len(rows)} prompts, {len(ids)} with all four outputs clean; sigma {next(iter(rows.values()))['sigma']}")
+    print(f"fp32 gain {ci(gain_f)}; fp32+noise gain {ci(gain_n)} ({100 * np.mean(gain_n) / np.mean(gain_f):.0f} %); "
+          f"margin for 80 %: {ci(np.asarray(gain_n) - 0.8 * np.asarray(gain_f))}")
+    print(f"same greedy as fp32: {sum(rows[i]['texts']['gN'] == fp[(i, 'g')]['text'] for i in rows)}/{len(rows)}, "
+          f"same refined: {sum(rows[i]['texts']['nN'] == fp[(i, 'f')]['text'] for i in rows)}/{len(rows)}; degenerate "
+          f"greedy {sum(r['degenerate']['gN'] for r in rows.values())}, refined {sum(r['degenerate']['nN'] for r in rows.values())}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--sigma", type=float)
+    ap.add_argument("--prompts", default="benchmarks/eval/commongen-continue-heldout/prompts.jsonl")
+    ap.add_argument("--judge", default="models/gemma3-270m")
+    ap.add_argument("--out")
+    ap.add_argument("--summary")
+    ap.add_argument("--fp32-report", default="benchmarks/eval/commongen-continue-heldout/default/report.json")
+    args = ap.parse_args()
+    if args.calibrate:
+        calibrate(_prompts(args.prompts))
+    elif args.summary:
+        summary(args.summary, args.fp32_report)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
