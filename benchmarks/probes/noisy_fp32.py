@@ -1,15 +1,15 @@
-"""A null for "int4 keeps less of the judged gain": fp32 with a perturbation as large as int4's
-error but the same on every pass. Refinement's path through its edits is chaotic (from the same
+"""Nulls for "int4 keeps less of the judged gain": fp32 with a perturbation as large as int4's
+error, the same on every pass or (--path-sigma) differing between passes as int4's does. Refinement's path through its edits is chaotic (from the same
 greedy start, int4 and fp32 end on the same text 13 times in 139, benchmarks/eval/int4-crossed/),
 so one bundle's judged gain is one draw. If fp32 + noise loses as much as int4 does, int4's loss
-is the perturbation, not int4's passes disagreeing with each other.
+is a perturbation of that size; if only the disagreeing noise does, it is the disagreement.
 
 The noise is a fixed N(0, sigma) vector over the vocabulary per *input* token, added to the
 logits that token's position produces: a function of the sequence, identical in full passes,
 batched passes and decode steps (decoding is routed through `LM.forward` so no pass escapes it).
 
     python benchmarks/probes/noisy_fp32.py --calibrate                 # |Δ log p| against fp32, per sigma
-    python benchmarks/probes/noisy_fp32.py --sigma S --prompts P --judge models/gemma3-270m --out F.jsonl
+    python benchmarks/probes/noisy_fp32.py --sigma S [--path-sigma T] --prompts P --judge models/gemma3-270m --out F.jsonl
     python benchmarks/probes/noisy_fp32.py --summary F.jsonl --fp32-report R.json   # against fp32's stored run
 """
 
@@ -28,23 +28,31 @@ FP32 = "models/smollm2-135m"
 MAX_NEW = 32
 
 
-def noisy(lm, sigma: float, seed: int = 0):
-    """`lm` with the fixed per-input-token logit noise on every forward pass."""
-    cache: dict[int, np.ndarray] = {}
+def noisy(lm, sigma: float, seed: int = 0, path_sigma: float = 0.0):
+    """`lm` with the fixed per-input-token logit noise on every forward pass. path_sigma > 0 adds
+    a second fixed noise that differs between one-token passes (decode steps, the scorer's
+    per-token extensions) and longer ones (full passes, prefills): passes that disagree, as
+    int4's do, at a size of one's choosing."""
+    cache: dict[tuple[int, int], np.ndarray] = {}
     vocab = None
     forward = lm.forward
 
-    def row(tok: int) -> np.ndarray:
-        if tok not in cache:
-            cache[tok] = (sigma * np.random.default_rng((seed, tok)).standard_normal(vocab)).astype(np.float32)
-        return cache[tok]
+    def row(tok: int, kind: int) -> np.ndarray:
+        if (tok, kind) not in cache:
+            rng = np.random.default_rng((seed, tok))
+            v = sigma * rng.standard_normal(vocab)
+            if path_sigma:
+                v += path_sigma * np.random.default_rng((seed, tok, 1 + kind)).standard_normal(vocab)
+            cache[(tok, kind)] = v.astype(np.float32)
+        return cache[(tok, kind)]
 
     def noisy_forward(input_ids, past=None, attention_mask=None, keep_last=None):
         nonlocal vocab
         out = forward(input_ids, past, attention_mask, keep_last)
         vocab = out.logits.shape[-1]
         ids = np.asarray(input_ids)[:, -out.logits.shape[1]:]
-        out.logits = out.logits + np.stack([np.stack([row(int(t)) for t in r]) for r in ids])
+        kind = int(np.asarray(input_ids).shape[1] == 1)
+        out.logits = out.logits + np.stack([np.stack([row(int(t), kind) for t in r]) for r in ids])
         return out
 
     lm.forward = noisy_forward
@@ -59,11 +67,15 @@ def _prompts(path: str) -> list[dict]:
 def calibrate(prompts: list[dict]) -> None:
     fp = ortrefine.load(FP32, provider="cpu")
     texts = [fp.generate(p["prompt"], max_new_tokens=MAX_NEW) for p in prompts[:12]]
-    for sigma in (0.05, 0.1, 0.2):
-        lm = noisy(ortrefine.load(FP32, provider="cpu"), sigma)
-        d = [np.abs(np.asarray(lm.score(g.prompt_ids, [g.ids]).token_logprobs[0], dtype=np.float64)
-                    - np.asarray(g.token_logprobs, dtype=np.float64)) for g in texts]
-        print(f"sigma {sigma}: mean |Δ log p| per token against fp32 {np.concatenate(d).mean():.4f}")
+    for sigma, path_sigma in ((0.05, 0), (0.1, 0), (0.2, 0), (0.07, 0.05), (0.07, 0.06)):
+        lm = noisy(ortrefine.load(FP32, provider="cpu"), sigma, path_sigma=path_sigma)
+        full = [np.asarray(lm.score(g.prompt_ids, [g.ids]).token_logprobs[0], dtype=np.float64) for g in texts]
+        d = [np.abs(f - np.asarray(g.token_logprobs, dtype=np.float64)) for f, g in zip(full, texts)]
+        own = [lm.generate(g.prompt_ids, max_new_tokens=MAX_NEW) for g in texts]  # its own greedy, by decode steps
+        between = [np.abs(np.asarray(lm.score(o.prompt_ids, [o.ids]).token_logprobs[0], dtype=np.float64)
+                          - np.asarray(o.token_logprobs, dtype=np.float64)) for o in own]
+        print(f"sigma {sigma}, path_sigma {path_sigma}: mean |Δ log p| per token, full pass against fp32 "
+              f"{np.concatenate(d).mean():.4f}; decode steps against full pass {np.concatenate(between).mean():.4f}")
 
 
 def run(args) -> None:
@@ -71,7 +83,7 @@ def run(args) -> None:
     from ortrefine.evaluate.metrics import text_report
     from ortrefine.runtime.refine import RefineConfig, refine
 
-    lm = noisy(ortrefine.load(FP32, provider="cpu"), args.sigma)
+    lm = noisy(ortrefine.load(FP32, provider="cpu"), args.sigma, path_sigma=args.path_sigma)
     judge = ortrefine.load(args.judge, provider="cpu")
     out = Path(args.out)
     done = {json.loads(line)["id"] for line in out.read_text().splitlines()} if out.exists() else set()
@@ -81,7 +93,7 @@ def run(args) -> None:
         r = refine(lm, p["prompt"], RefineConfig(max_new_tokens=MAX_NEW))
         texts = {"gN": r.initial.text, "nN": r.final.text}
         scores = judge_texts(judge, judge_context(p["prompt"], False), list(texts.values()))
-        row = {"id": p["id"], "sigma": args.sigma, "texts": texts, "judge": {k: s.mean for k, s in zip(texts, scores)},
+        row = {"id": p["id"], "sigma": args.sigma, "path_sigma": args.path_sigma, "texts": texts, "judge": {k: s.mean for k, s in zip(texts, scores)},
                "degenerate": {k: text_report(t, p["prompt"]).degenerate for k, t in texts.items()}}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -116,6 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--sigma", type=float)
+    ap.add_argument("--path-sigma", type=float, default=0.0)
     ap.add_argument("--prompts", default="benchmarks/eval/commongen-continue-heldout/prompts.jsonl")
     ap.add_argument("--judge", default="models/gemma3-270m")
     ap.add_argument("--out")
