@@ -135,6 +135,14 @@ def summarize(paths: list[str], seed: int = 0) -> str:
                    f"minus its own {ci([r['J_fp']['q' + start] - r['J_fp']['f' + start] for r in rs])}; int4's J of fp32's "
                    f"choice minus its own {ci([r['J_q']['f' + start] - r['J_q']['q' + start] for r in rs])}")
     out.append(f"- both starts pooled: judge, int4's refinement − fp32's {ci(pooled)} (n {len(pooled)})")
+    both_g = [r for r in rows if not (r["degenerate"]["gQ"] or r["degenerate"]["gF"])]
+    both_r = [r for r in rows if not (r["degenerate"]["qQ"] or r["degenerate"]["fF"])]
+    out.append(f"- judge, int4's greedy − fp32's {ci([r['judge']['gQ'] - r['judge']['gF'] for r in both_g])} (n {len(both_g)}); "
+               f"int4's refinement of its greedy − fp32's of its own {ci([r['judge']['qQ'] - r['judge']['fF'] for r in both_r])} "
+               f"(n {len(both_r)})")
+    excess = lambda r, k: r["J_q"][k] - r["J_fp"][k]  # noqa: E731 - how much int4 overrates a text against fp32
+    out.append("- int4's J − fp32's J of the texts int4 chose, minus the same of the texts fp32 chose, from the same start: "
+               + "; ".join(f"{_name(s)} {ci([excess(r, 'q' + s) - excess(r, 'f' + s) for r in rows])}" for s in "FQ"))
     degen = {k: sum(r["degenerate"][k] for r in rows) for k in rows[0]["texts"]} if rows else {}
     out += ["- degenerate outputs: " + ", ".join(f"{k} {v}" for k, v in degen.items()),
             f"- int4 greedy = fp32 greedy: {sum(r['texts']['gQ'] == r['texts']['gF'] for r in rows)}/{len(rows)}; "
