@@ -77,6 +77,16 @@ def spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
+def mean_ci(values: Sequence[float], seed: int = 0) -> str:
+    """"mean [low, high]": the mean with its 95 % percentile-bootstrap interval, as the eval reports it."""
+    import numpy as np
+
+    from ortrefine.evaluate.stats import bootstrap_mean
+
+    iv = bootstrap_mean(np.asarray(values, dtype=np.float64), seed, 2000)
+    return "–" if iv.mean is None else f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b else "—"
 

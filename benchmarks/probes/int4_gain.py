@@ -29,6 +29,9 @@ from ortrefine.evaluate.judge import judge_context, judge_texts
 from ortrefine.evaluate.metrics import text_report
 from ortrefine.runtime.refine import RefineConfig, evaluate_objective, refine
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import mean_ci as ci  # noqa: E402
+
 MAX_NEW = 32
 
 
@@ -59,11 +62,14 @@ def main() -> None:
     out = Path(args.out)
     done = {json.loads(line)["id"] for line in out.read_text().splitlines()} if out.exists() else set()
     fp, q, judge = (ortrefine.load(b, provider="cpu") for b in (args.fp, args.q, args.judge))
+    prompts = _prompts(args.full)
     ids = sorted(fg)[: args.limit]
     for i in ids:
         if i in done:
             continue
-        prompt = _prompt(args.full, i)
+        if i not in prompts:
+            raise SystemExit(f"no prompt {i} in the prompts file next to {args.full}")
+        prompt = prompts[i]
         r_qq = refine(q, prompt, RefineConfig(max_new_tokens=MAX_NEW))  # the stored int4 run may come from another bundle
         texts = {"fF": fr[i]["text"], "gF": fg[i]["text"], "gQ": r_qq.initial.text, "qQ": r_qq.final.text}
         r_fq = refine(fp, prompt, RefineConfig(max_new_tokens=MAX_NEW, initial=texts["gQ"]))
@@ -83,33 +89,21 @@ def main() -> None:
         print(i, {k: round(v, 3) if v is not None else None for k, v in row["judge"].items()}, flush=True)
 
 
-def _prompt(report: str, i: str) -> str:
-    """The prompt text: eval reports do not store it, so it is read from the prompts file next to
-    the report's parent folder."""
-    folder = Path(report).resolve().parent.parent
-    for line in (folder / "prompts.jsonl").read_text().splitlines():
-        if line.strip() and json.loads(line)["id"] == i:
-            return json.loads(line)["prompt"]
-    raise SystemExit(f"no prompt {i} in {folder / 'prompts.jsonl'}")
+def _prompts(report: str) -> dict[str, str]:
+    """Prompt texts by id: eval reports do not store them, so they are read from the prompts file
+    next to the report's parent folder."""
+    lines = (Path(report).resolve().parent.parent / "prompts.jsonl").read_text().splitlines()
+    return {d["id"]: d["prompt"] for d in (json.loads(line) for line in lines if line.strip())}
 
 
-
-def summarize(paths: list[str], seed: int = 0) -> str:
+def summarize(paths: list[str]) -> str:
     """The 2×2 of judged gains (start × scorer) and the cross-scored J gains, as markdown.
 
     Each start's rows are over the prompts where its greedy output and both refinements of it are
     clean, so the fp32 and int4 scorers are compared on the same prompts and from the same text:
     the paired difference (int4's refinement − fp32's) is the scorer's effect with the start held
     fixed. J means are over the same prompts (a degenerate greedy's guard term would swamp them)."""
-    import numpy as np
-
-    from ortrefine.evaluate.stats import bootstrap_mean
-
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
-
-    def ci(values) -> str:
-        iv = bootstrap_mean(np.asarray(values, dtype=np.float64), seed, 2000)
-        return "–" if iv.mean is None else f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
 
     def clean(start: str) -> list[dict]:
         return [r for r in rows if not any(r["degenerate"][k + start] for k in "gfq")]
@@ -153,6 +147,7 @@ def summarize(paths: list[str], seed: int = 0) -> str:
 
 def _name(key: str) -> str:
     return "fp32" if key in "Ff" else "int4"
+
 
 if __name__ == "__main__":
     main()

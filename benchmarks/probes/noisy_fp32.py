@@ -1,7 +1,8 @@
 """Nulls for "int4 keeps less of the judged gain": fp32 with a perturbation as large as int4's
-error, the same on every pass or (--path-sigma) differing between passes as int4's does. Refinement's path through its edits is chaotic (from the same
-greedy start, int4 and fp32 end on the same text 13 times in 139, benchmarks/eval/int4-crossed/),
-so one bundle's judged gain is one draw. If fp32 + noise loses as much as int4 does, int4's loss
+error, the same on every pass or (--path-sigma) differing between passes as int4's does.
+Refinement's path through its edits is chaotic (from the same greedy start, int4 and fp32 end on
+the same text 13 times in 139, benchmarks/eval/int4-crossed/), so one bundle's judged gain is
+one draw. If fp32 + noise loses as much as int4 does, int4's loss
 is a perturbation of that size; if only the disagreeing noise does, it is the disagreement.
 
 The noise is a fixed N(0, sigma) vector over the vocabulary per *input* token, added to the
@@ -10,7 +11,8 @@ batched passes and decode steps (decoding is routed through `LM.forward` so no p
 
     python benchmarks/probes/noisy_fp32.py --calibrate                 # |Δ log p| against fp32, per sigma
     python benchmarks/probes/noisy_fp32.py --sigma S [--path-sigma T] --prompts P --judge models/gemma3-270m --out F.jsonl
-    python benchmarks/probes/noisy_fp32.py --summary F.jsonl --fp32-report R.json   # against fp32's stored run
+    python benchmarks/probes/noisy_fp32.py --summary F.jsonl R.json [G.jsonl S.json ...]
+        # against fp32's stored run of the same prompts; several pairs: each, then pooled
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+import sys
+
 import ortrefine
 from ortrefine.runtime.steppers import PlainSteps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import mean_ci as ci  # noqa: E402
 
 FP32 = "models/smollm2-135m"
 MAX_NEW = 32
@@ -100,28 +107,37 @@ def run(args) -> None:
         print(p["id"], row["judge"], flush=True)
 
 
-def summary(path: str, fp32_report: str) -> None:
-    from ortrefine.evaluate.stats import bootstrap_mean
+def summary(pairs: list[tuple[str, str]]) -> None:
+    """Each (noise run, fp32 report) pair's gains on the prompts where all four outputs are
+    clean, then all pairs pooled."""
+    pooled_f: list[float] = []
+    pooled_n: list[float] = []
+    for path, fp32_report in pairs:
+        rows = {r["id"]: r for r in (json.loads(line) for line in Path(path).read_text().splitlines() if line.strip())}
+        rep = json.loads(Path(fp32_report).read_text())
+        judge = rep["meta"]["judges"][0]["name"]
+        fp = {(o["id"], "g" if o["system"] == "greedy" else "f"): o for o in rep["outputs"]}
+        ids = [i for i in rows if not (rows[i]["degenerate"]["gN"] or rows[i]["degenerate"]["nN"]
+                                       or fp[(i, "g")]["degenerate"] or fp[(i, "f")]["degenerate"])]
+        gain_f = [fp[(i, "f")]["judges"][judge]["mean"] - fp[(i, "g")]["judges"][judge]["mean"] for i in ids]
+        gain_n = [rows[i]["judge"]["nN"] - rows[i]["judge"]["gN"] for i in ids]
+        first = next(iter(rows.values()))
+        print(f"{path}: {len(rows)} prompts, {len(ids)} with all four outputs clean; sigma {first['sigma']}, "
+              f"path_sigma {first.get('path_sigma', 0.0)}")
+        _gains(gain_f, gain_n)
+        print(f"  same greedy as fp32: {sum(rows[i]['texts']['gN'] == fp[(i, 'g')]['text'] for i in rows)}/{len(rows)}, "
+              f"same refined: {sum(rows[i]['texts']['nN'] == fp[(i, 'f')]['text'] for i in rows)}/{len(rows)}; degenerate "
+              f"greedy {sum(r['degenerate']['gN'] for r in rows.values())}, refined {sum(r['degenerate']['nN'] for r in rows.values())}")
+        pooled_f += gain_f
+        pooled_n += gain_n
+    if len(pairs) > 1:
+        print(f"pooled: {len(pooled_f)} prompts with all four outputs clean")
+        _gains(pooled_f, pooled_n)
 
-    rows = {r["id"]: r for r in (json.loads(line) for line in Path(path).read_text().splitlines() if line.strip())}
-    rep = json.loads(Path(fp32_report).read_text())
-    judge = rep["meta"]["judges"][0]["name"]
-    fp = {(o["id"], "g" if o["system"] == "greedy" else "f"): o for o in rep["outputs"]}
-    ids = [i for i in rows if not (rows[i]["degenerate"]["gN"] or rows[i]["degenerate"]["nN"]
-                                   or fp[(i, "g")]["degenerate"] or fp[(i, "f")]["degenerate"])]
 
-    def ci(v) -> str:
-        iv = bootstrap_mean(np.asarray(v, dtype=np.float64), 0, 2000)
-        return f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
-
-    gain_f = [fp[(i, "f")]["judges"][judge]["mean"] - fp[(i, "g")]["judges"][judge]["mean"] for i in ids]
-    gain_n = [rows[i]["judge"]["nN"] - rows[i]["judge"]["gN"] for i in ids]
-    print(f"{len(rows)} prompts, {len(ids)} with all four outputs clean; sigma {next(iter(rows.values()))['sigma']}")
-    print(f"fp32 gain {ci(gain_f)}; fp32+noise gain {ci(gain_n)} ({100 * np.mean(gain_n) / np.mean(gain_f):.0f} %); "
+def _gains(gain_f: list[float], gain_n: list[float]) -> None:
+    print(f"  fp32 gain {ci(gain_f)}; fp32+noise gain {ci(gain_n)} ({100 * np.mean(gain_n) / np.mean(gain_f):.0f} %); "
           f"margin for 80 %: {ci(np.asarray(gain_n) - 0.8 * np.asarray(gain_f))}")
-    print(f"same greedy as fp32: {sum(rows[i]['texts']['gN'] == fp[(i, 'g')]['text'] for i in rows)}/{len(rows)}, "
-          f"same refined: {sum(rows[i]['texts']['nN'] == fp[(i, 'f')]['text'] for i in rows)}/{len(rows)}; degenerate "
-          f"greedy {sum(r['degenerate']['gN'] for r in rows.values())}, refined {sum(r['degenerate']['nN'] for r in rows.values())}")
 
 
 def main() -> None:
@@ -132,13 +148,14 @@ def main() -> None:
     ap.add_argument("--prompts", default="benchmarks/eval/commongen-continue-heldout/prompts.jsonl")
     ap.add_argument("--judge", default="models/gemma3-270m")
     ap.add_argument("--out")
-    ap.add_argument("--summary")
-    ap.add_argument("--fp32-report", default="benchmarks/eval/commongen-continue-heldout/default/report.json")
+    ap.add_argument("--summary", nargs="+", metavar="RUN REPORT", help="pairs: a noise run's JSONL, fp32's report.json of its prompts")
     args = ap.parse_args()
     if args.calibrate:
         calibrate(_prompts(args.prompts))
     elif args.summary:
-        summary(args.summary, args.fp32_report)
+        if len(args.summary) % 2:
+            ap.error("--summary takes pairs: RUN.jsonl REPORT.json [RUN.jsonl REPORT.json ...]")
+        summary(list(zip(args.summary[::2], args.summary[1::2])))
     else:
         run(args)
 
