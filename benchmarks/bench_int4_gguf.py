@@ -12,6 +12,9 @@ puts every int4 layout next to each other and next to llama.cpp running the file
 Contenders (bundles are built under --bundles by `ortrefine quantize` when missing):
 - gguf-exact: `--algo gguf` (the default for GGUF sources), accuracy level 4 (int8 activations);
 - gguf-exact-l1: the same weights, fp32 compute (accuracy level 1);
+- gguf-exact-l1-head4: fp32 compute for the 4-bit projections, int8 activations for the 8-bit
+  (Q8_0) head alone (`--accuracy-level 1 --accuracy-level-8bit 4`): level 1's slowness is the
+  8-bit head, which has no fast fp32 kernel on the CPU;
 - gguf-rounded: `--gguf-layout rounded` (integer zero points, no correction MatMul);
 - rtn-head8-b64: `--algo rtn --head-bits 8 --block-size 64`, the fastest re-quantized int4;
 - llama.cpp: llama-cpp-python in its own venv (benchmarks/.venv-llamacpp), a worker process fed
@@ -46,6 +49,7 @@ LLAMACPP_VENV = ROOT / "benchmarks" / ".venv-llamacpp"
 VARIANTS = {
     "gguf-exact": {"algo": "gguf"},
     "gguf-exact-l1": {"algo": "gguf", "accuracy_level": 1},
+    "gguf-exact-l1-head4": {"algo": "gguf", "accuracy_level": 1, "accuracy_level_8bit": 4},
     "gguf-rounded": {"algo": "gguf", "gguf_layout": "rounded"},
     "rtn-head8-b64": {"algo": "rtn", "head_bits": 8, "block_size": 64},
 }

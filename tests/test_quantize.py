@@ -285,6 +285,9 @@ def test_existing_output_and_requantize_refused(parent):
         ({"to": "fp16", "quantize_embeddings": True}, "does not apply to fp16"),
         ({"to": "int4", "block_size": 24}, "power of two >= 16"),
         ({"to": "int4", "accuracy_level": 7}, "accuracy_level must be 0-4"),
+        ({"to": "int4", "accuracy_level_8bit": 5}, "accuracy_level_8bit must be 0-4"),
+        ({"to": "int8-dynamic", "accuracy_level_8bit": 4}, "--accuracy-level-8bit applies to the weight-only"),
+        ({"to": "int4", "algo": "hqq", "accuracy_level_8bit": 4}, "HQQ quantizer does not set accuracy_level"),
         ({"to": "int3"}, "unknown quantization target 'int3'; use one of: int8, int4, int8-dynamic, fp16"),
         ({"to": "int8", "algo": "gguf"}, "applies to --to int4, not int8"),
         ({"to": "int4", "algo": "gguf", "head_bits": 8}, "takes its blocks, head and zero points from the file"),
@@ -387,3 +390,43 @@ def test_auto_algo_is_rtn_without_a_gguf_source_or_with_rtn_options():
 def test_tiny_int4_default_is_round_to_nearest(parent):
     r = quantize(QuantizeConfig(parent, "int4", gate=LOOSE, out=parent.parent / "tiny-auto-int4"))
     assert r.manifest["quantization"]["algo"] == "rtn" and "gguf" not in r.manifest["quantization"]
+
+
+def levels(path: Path) -> Counter:
+    """(bits, accuracy_level) of every MatMulNBits in a bundle's graph."""
+    m = onnx.load(str(path / "model.onnx"), load_external_data=False)
+    got = Counter()
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+            got[(a["bits"], a.get("accuracy_level"))] += 1
+    return got
+
+
+def test_the_8bit_nodes_take_their_own_accuracy_level(parent, tmp_path):
+    """fp32 compute for the 4-bit projections, int8 activations for the 8-bit head: onnxruntime's
+    CPU has no fast fp32 kernel for 8-bit blocks. The option touches the 8-bit nodes only, is
+    recorded in the manifest, and one that matches no node is refused with nothing written."""
+    r = quantize(QuantizeConfig(parent, "int4", head_bits=8, accuracy_level=1, accuracy_level_8bit=4,
+                                out=tmp_path / "mixed", gate=LOOSE))
+    weights = const_matmuls(parent)
+    assert levels(r.path) == Counter({(4, 1): weights, (8, 4): 1})
+    q = r.manifest["quantization"]
+    assert q["accuracy_level"] == 1 and q["accuracy_level_8bit"] == 4
+    lm = ortrefine.load(r.path, provider="cpu")
+    assert len(lm.generate([1, 2, 3], max_new_tokens=3).ids) == 3
+    same = quantize(QuantizeConfig(parent, "int4", head_bits=8, accuracy_level_8bit=4, out=tmp_path / "same", gate=LOOSE))
+    assert levels(same.path) == Counter({(4, 4): weights, (8, 4): 1}) and "accuracy_level_8bit" not in same.manifest["quantization"]
+    with pytest.raises(ConfigError, match="no 8-bit MatMulNBits"):
+        quantize(QuantizeConfig(parent, "int4", accuracy_level_8bit=1, out=tmp_path / "none", gate=LOOSE))
+    assert not (tmp_path / "none").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "same", "tiny-llama"]
+
+
+def test_cli_accuracy_level_8bit(parent, tmp_path):
+    out = tmp_path / "cli-mixed"
+    r = CliRunner().invoke(cli, ["quantize", str(parent), "--to", "int8", "--accuracy-level-8bit", "1", "--out", str(out),
+                                 "--max-kl", "10", "--max-ppl-ratio", "10", "--min-top1", "0"])
+    assert r.exit_code == 0, r.output
+    assert levels(out) == Counter({(8, 1): const_matmuls(parent)})
+    bad = CliRunner().invoke(cli, ["quantize", str(parent), "--to", "int4", "--accuracy-level-8bit", "9"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

@@ -29,7 +29,10 @@ def _quantize():
               help="int8/int4: weight-only MatMulNBits; int8-dynamic: quantize_dynamic (batch-dependent); fp16: for CUDA.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="Weights per block for int4/int8 (power of two >= 16).")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
-              help="MatMulNBits compute type (4 = int8, the default for rtn; 0 = unset).")
+              help="MatMulNBits compute type (4 = int8, the default for rtn; 1 = fp32; 0 = unset).")
+@click.option("--accuracy-level-8bit", type=click.IntRange(0, 4), default=None,
+              help="Compute type of the 8-bit MatMulNBits alone (default: --accuracy-level's). The CPU has no fast "
+                   "fp32 kernel for 8-bit blocks: --accuracy-level 1 --accuracy-level-8bit 4 is fp32 where it is fast.")
 @click.option("--algo", type=LibraryChoice(lambda: _quantize().ALGOS), default="auto", show_default=True,
               help="int4/int8 weights: gguf (from a GGUF source's own blocks), rtn, hqq; auto = gguf for int4 "
                    "of a GGUF-exported bundle, else rtn (gptq is refused: see the message).")
@@ -55,13 +58,14 @@ def _quantize():
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbose_option
 @domain_errors
-def quantize(bundle: str, to: str, block_size: int, accuracy_level: int | None, algo: str, quantize_embeddings: bool,
+def quantize(bundle: str, to: str, block_size: int, accuracy_level: int | None, accuracy_level_8bit: int | None, algo: str, quantize_embeddings: bool,
              head_bits: str | None, symmetric: bool, gguf_layout: str, out: Path | None, provider: str, max_kl: float, max_ppl_ratio: float, min_top1: float,
              force: bool, overwrite: bool, as_json: bool) -> None:
     """Quantize BUNDLE with ONNX Runtime's quantizers and check it against BUNDLE on built-in text."""
     from ortrefine.export.quantize import QuantizeConfig, quantize as run
 
-    cfg = QuantizeConfig(bundle, to, out=out, block_size=block_size, accuracy_level=accuracy_level, algo=algo,
+    cfg = QuantizeConfig(bundle, to, out=out, block_size=block_size, accuracy_level=accuracy_level,
+                         accuracy_level_8bit=accuracy_level_8bit, algo=algo,
                          quantize_embeddings=quantize_embeddings, head_bits=int(head_bits) if head_bits else None, symmetric=symmetric, gguf_layout=gguf_layout, provider=provider, overwrite=overwrite, force=force,
                          gate=GateConfig(max_kl=max_kl, max_ppl_ratio=max_ppl_ratio, min_top1=min_top1))
     r = run(cfg)

@@ -13,7 +13,7 @@ from ortrefine.bundle.write import OutputClaim, claim_output, write_manifest
 from ortrefine.errors import BundleError, ConfigError, ExportError, MissingExtraError
 from ortrefine.export.quality import GateReport, check, measure
 from ortrefine.export.quantize.config import WEIGHT_ONLY, QuantizeConfig, QuantizeResult
-from ortrefine.export.quantize.graph import op_counts, save_model, untie_lm_head
+from ortrefine.export.quantize.graph import op_counts, save_model, set_accuracy_level, untie_lm_head
 from ortrefine.export.quantize.methods import _dynamic, _fp16, _from_gguf, _weight_only, resolve_algo
 from ortrefine.runtime.bundle import MODEL_FILE, Bundle, open_bundle, sha256_file
 
@@ -28,6 +28,8 @@ def _settings(cfg: QuantizeConfig, untied: list[dict[str, Any]], ops: dict[str, 
     """The quantization section of the manifest."""
     common = {"to": cfg.to, "target_provider": cfg.target_provider, "quantize_embeddings": cfg.quantize_embeddings,
               "untied": untied, "ops": ops}
+    if cfg.effective_accuracy_level_8bit is not None:
+        common["accuracy_level_8bit"] = cfg.effective_accuracy_level_8bit
     if gguf_info is not None:
         return {**common, "tool": "ortrefine.export.gguf_quant", "op": "MatMulNBits", "algo": "gguf",
                 "accuracy_level": cfg.effective_accuracy_level, "gguf": gguf_info}
@@ -71,12 +73,12 @@ def _quantize_graph(cfg: QuantizeConfig, parent: "LM", folder: Path) -> tuple[di
     gguf_info = None
     if cfg.algo == "gguf":
         model, gguf_info = _from_gguf(model, cfg, parent, [u["matmul"] for u in untied])
-        save_model(model, folder)
+        save_model(_levels(model, cfg), folder)
     elif cfg.to == "int8-dynamic":
         _dynamic(model, cfg, folder)
     else:
         heads = [u["matmul"] for u in untied] if cfg.head_bits else []
-        save_model(_weight_only(model, cfg, heads) if cfg.to in WEIGHT_ONLY else _fp16(model), folder)
+        save_model(_levels(_weight_only(model, cfg, heads), cfg) if cfg.to in WEIGHT_ONLY else _fp16(model), folder)
     del model
     ops = op_counts(onnx.load(str(folder / MODEL_FILE), load_external_data=False))
     changed = {"int8": "MatMulNBits", "int4": "MatMulNBits", "int8-dynamic": "MatMulInteger", "fp16": "fp16_initializers"}[cfg.to]
@@ -87,6 +89,14 @@ def _quantize_graph(cfg: QuantizeConfig, parent: "LM", folder: Path) -> tuple[di
             f"GPT-2 style exports use Gemm, which it does not handle); nothing was written{hint}"
         )
     return ops, untied, gguf_info
+
+
+def _levels(model: Any, cfg: QuantizeConfig) -> Any:
+    """The 8-bit nodes' own compute type, where one was asked for (QuantizeConfig.accuracy_level_8bit)."""
+    if cfg.effective_accuracy_level_8bit is not None and set_accuracy_level(model, 8, cfg.effective_accuracy_level_8bit) == 0:
+        raise ConfigError("--accuracy-level-8bit was given but the quantized graph has no 8-bit MatMulNBits "
+                          "(--to int4 of a GGUF with an 8-bit head has one; so does --head-bits 8); drop it")
+    return model
 
 
 def _gate(cfg: QuantizeConfig, parent_bundle: Bundle, parent: "LM", folder: Path) -> GateReport:

@@ -45,6 +45,11 @@ class QuantizeConfig:
     block_size: weights per quantization block along K for int4/int8 (power of two >= 16).
     accuracy_level: MatMulNBits compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8). None takes
         4 for rtn; ORT's HQQ quantizer does not set it, so it must stay None with hqq.
+    accuracy_level_8bit: the compute type of the 8-bit MatMulNBits alone (an 8-bit head, Q8_0
+        blocks, every node of --to int8); None: accuracy_level's. onnxruntime's CPU has no fast
+        fp32 kernel for 8-bit blocks, so `accuracy_level=1, accuracy_level_8bit=4` is fp32 compute
+        where it is fast. On SmolLM2's GGUF-block int4 that leaves int8 activations at the head
+        only: its passes agree (3e-5 nats/token, level 4: 0.044) at 0.82x level 4's decode speed.
     algo: int4/int8 weights: gguf (int4 from a GGUF source's own blocks: the model in the file,
         see gguf_quant.py), rtn (round to nearest, ORT's default C++ quantizer), hqq
         (half-quadratic, needs torch; int4 only on CPU) or auto: gguf for --to int4 of a bundle
@@ -78,6 +83,7 @@ class QuantizeConfig:
     out: Path | None = None
     block_size: int = 32
     accuracy_level: int | None = None
+    accuracy_level_8bit: int | None = None
     algo: str = "auto"
     quantize_embeddings: bool = False
     head_bits: int | None = None
@@ -116,13 +122,20 @@ class QuantizeConfig:
             raise ConfigError(f"block_size must be a power of two >= 16 (MatMulNBits), got {self.block_size}")
         if self.accuracy_level is not None and self.accuracy_level not in range(5):
             raise ConfigError(f"accuracy_level must be 0-4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {self.accuracy_level}")
+        if self.accuracy_level_8bit is not None:
+            if not weight_only:
+                raise ConfigError(f"--accuracy-level-8bit applies to the weight-only targets int4 and int8, not {self.to}")
+            if self.accuracy_level_8bit not in range(5):
+                raise ConfigError("accuracy_level_8bit must be 0-4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), "
+                                  f"got {self.accuracy_level_8bit}")
         if self.algo == "gptq":
             raise ConfigError(GPTQ_REFUSAL)
         if self.algo == "hqq" and self.to == "int8":
             raise ConfigError("onnxruntime's HQQ quantizer writes float zero points, which MatMulNBits on the CPU "
                               "does not accept at 8 bits; use --algo rtn for int8, or --to int4 with hqq")
-        if self.algo == "hqq" and self.accuracy_level is not None:
-            raise ConfigError("onnxruntime's HQQ quantizer does not set accuracy_level; drop --accuracy-level or use --algo rtn")
+        if self.algo == "hqq" and (self.accuracy_level is not None or self.accuracy_level_8bit is not None):
+            raise ConfigError("onnxruntime's HQQ quantizer does not set accuracy_level; drop --accuracy-level "
+                              "(and --accuracy-level-8bit) or use --algo rtn")
         if self.quantize_embeddings and self.algo != "rtn":
             raise ConfigError(f"onnxruntime's {self.algo.upper()} quantizer cannot quantize the embedding Gather; "
                               "use --algo rtn with --quantize-embeddings")
@@ -174,6 +187,13 @@ class QuantizeConfig:
         if self.to not in WEIGHT_ONLY or self.algo == "hqq":
             return None  # ORT's HQQ path leaves it unset
         return DEFAULT_ACCURACY_LEVEL if self.accuracy_level is None else self.accuracy_level
+
+    @property
+    def effective_accuracy_level_8bit(self) -> int | None:
+        """The 8-bit nodes' compute type when it differs from the rest, else None."""
+        if self.accuracy_level_8bit is None or self.accuracy_level_8bit == self.effective_accuracy_level:
+            return None
+        return self.accuracy_level_8bit
 
     def default_output(self, parent: Path) -> Path:
         suffix = (self.to + (f"-{self.algo}" if self.algo not in ("rtn", "auto", "gguf") else "") + ("-emb" if self.quantize_embeddings else "")

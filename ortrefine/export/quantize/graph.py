@@ -103,6 +103,30 @@ def _embedding_gathers(model: "onnx.ModelProto") -> tuple[list[str], list[str]]:
     return [n.name for n in gathers if n.input[0] in tables], [n.name for n in gathers if n.input[0] not in tables]
 
 
+def set_accuracy_level(model: "onnx.ModelProto", bits: int, level: int) -> int:
+    """Give every `bits`-bit MatMulNBits the compute type `level`; returns how many nodes it set.
+
+    One level for every width is not always what a user wants: onnxruntime's CPU has a fast fp32
+    kernel (level 1) for 4-bit blocks but not for 8-bit ones, which take a slow fallback there, so
+    fp32 compute with a Q8_0 head asks for 1 on the 4-bit nodes and 4 on the 8-bit head.
+    """
+    from onnx import helper
+
+    done = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "bits" not in attrs or attrs["bits"].i != bits:
+            continue
+        if "accuracy_level" in attrs:
+            attrs["accuracy_level"].i = level
+        else:
+            node.attribute.append(helper.make_attribute("accuracy_level", level))
+        done += 1
+    return done
+
+
 def save_model(model: "onnx.ModelProto", folder: Path) -> Path:
     """Write model.onnx with its weights in model.onnx_data beside it (memory-mapped at load:
     writer.save_with_external_data)."""
