@@ -287,7 +287,9 @@ def test_existing_output_and_requantize_refused(parent):
         ({"to": "int4", "accuracy_level": 7}, "accuracy_level must be 0-4"),
         ({"to": "int4", "accuracy_level_8bit": 5}, "accuracy_level_8bit must be 0-4"),
         ({"to": "int8-dynamic", "accuracy_level_8bit": 4}, "--accuracy-level-8bit applies to the weight-only"),
-        ({"to": "int4", "algo": "hqq", "accuracy_level_8bit": 4}, "HQQ quantizer does not set accuracy_level"),
+        ({"to": "int4", "algo": "hqq", "accuracy_level_8bit": 4}, "does not set accuracy_level; drop --accuracy-level-8bit"),
+        ({"to": "int4", "algo": "rtn", "accuracy_level_8bit": 4}, "no 8-bit MatMulNBits"),
+        ({"to": "int4", "quantize_embeddings": True, "accuracy_level_8bit": 4}, "no 8-bit MatMulNBits"),
         ({"to": "int3"}, "unknown quantization target 'int3'; use one of: int8, int4, int8-dynamic, fp16"),
         ({"to": "int8", "algo": "gguf"}, "applies to --to int4, not int8"),
         ({"to": "int4", "algo": "gguf", "head_bits": 8}, "takes its blocks, head and zero points from the file"),
@@ -416,7 +418,7 @@ def test_the_8bit_nodes_take_their_own_accuracy_level(parent, tmp_path):
     lm = ortrefine.load(r.path, provider="cpu")
     assert len(lm.generate([1, 2, 3], max_new_tokens=3).ids) == 3
     same = quantize(QuantizeConfig(parent, "int4", head_bits=8, accuracy_level_8bit=4, out=tmp_path / "same", gate=LOOSE))
-    assert levels(same.path) == Counter({(4, 4): weights, (8, 4): 1}) and "accuracy_level_8bit" not in same.manifest["quantization"]
+    assert levels(same.path) == Counter({(4, 4): weights, (8, 4): 1}) and same.manifest["quantization"]["accuracy_level_8bit"] == 4
     with pytest.raises(ConfigError, match="no 8-bit MatMulNBits"):
         quantize(QuantizeConfig(parent, "int4", accuracy_level_8bit=1, out=tmp_path / "none", gate=LOOSE))
     assert not (tmp_path / "none").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "same", "tiny-llama"]
@@ -429,4 +431,24 @@ def test_cli_accuracy_level_8bit(parent, tmp_path):
     assert r.exit_code == 0, r.output
     assert levels(out) == Counter({(8, 1): const_matmuls(parent)})
     bad = CliRunner().invoke(cli, ["quantize", str(parent), "--to", "int4", "--accuracy-level-8bit", "9"])
-    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "--accuracy-level-8bit" in bad.output and "Traceback" not in bad.output
+    none = CliRunner().invoke(cli, ["quantize", str(parent), "--to", "int4", "--accuracy-level-8bit", "4", "--out", str(tmp_path / "x")])
+    assert none.exit_code != 0 and "no 8-bit MatMulNBits" in none.output and "Traceback" not in none.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_set_accuracy_level_touches_one_width_and_drops_the_attribute_at_0():
+    from ortrefine.export.quantize.graph import set_accuracy_level
+
+    def node(bits):
+        return onnx.helper.make_node("MatMulNBits", ["a", "b", "s"], ["y"], domain="com.microsoft", K=32, N=8,
+                                     bits=bits, block_size=32, accuracy_level=4)
+
+    graph = onnx.helper.make_graph([node(8), node(4), onnx.helper.make_node("MatMul", ["a", "c"], ["z"])], "g", [], [])
+    model = onnx.helper.make_model(graph)
+    assert set_accuracy_level(model, 8, 1) == 1
+    got = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in model.graph.node[:2]]
+    assert got[0]["accuracy_level"] == 1 and got[1]["accuracy_level"] == 4
+    assert set_accuracy_level(model, 8, 0) == 1
+    assert "accuracy_level" not in {a.name for a in model.graph.node[0].attribute}
+    assert set_accuracy_level(model, 2, 1) == 0

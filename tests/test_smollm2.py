@@ -70,3 +70,30 @@ def test_int4_from_the_gguf_blocks_is_the_files_model(smollm2_bundle, tmp_path):
     assert q["gguf"]["embedding_gathers"] == {"embed": "lm_head"} and r.ops["GatherBlockQuantized"] == 1
     assert r.size_bytes < 0.25 * r.parent_size_bytes      # the embedding stored once, in 8 bits
     assert r.gate.mean_kl < 0.01 and r.gate.top1_agreement > 0.9 and r.gate.ppl_ratio < 1.02
+
+
+def test_int4_with_fp32_compute_but_the_8bit_head_agrees_with_itself(smollm2_bundle, tmp_path):
+    """--accuracy-level 1 --accuracy-level-8bit 4: fp32 compute for the 120 Q4_1 projections, int8
+    activations for the Q8_0 head alone. The head's rounding is row by row, so a text's log-probs
+    are the same from a full pass and from decode steps (level 4 everywhere: 0.04 nats/token apart,
+    as int8 rounding inside the layers amplifies the passes' float differences)."""
+    from collections import Counter
+
+    import onnx
+
+    import ortrefine
+    from ortrefine.export.quantize import QuantizeConfig, quantize
+
+    r = quantize(QuantizeConfig(smollm2_bundle, "int4", accuracy_level=1, accuracy_level_8bit=4, out=tmp_path / "l1-head4"))
+    m = onnx.load(str(r.path / "model.onnx"), load_external_data=False)
+    got = Counter()
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+            got[(a["bits"], a["accuracy_level"])] += 1
+    assert got == Counter({(4, 1): 120, (8, 4): 1})
+    assert r.gate.mean_kl < 0.002 and r.gate.top1_agreement > 0.95
+    lm = ortrefine.load(r.path, provider="cpu")
+    g = lm.generate("The woman rides a bicycle", max_new_tokens=24)
+    full = np.asarray(lm.score(g.prompt_ids, [g.ids]).token_logprobs[0], dtype=np.float64)
+    assert np.abs(full - np.asarray(g.token_logprobs, dtype=np.float64)).mean() < 1e-3

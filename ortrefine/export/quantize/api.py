@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ortrefine.bundle.write import OutputClaim, claim_output, write_manifest
 from ortrefine.errors import BundleError, ConfigError, ExportError, MissingExtraError
 from ortrefine.export.quality import GateReport, check, measure
-from ortrefine.export.quantize.config import WEIGHT_ONLY, QuantizeConfig, QuantizeResult
+from ortrefine.export.quantize.config import NO_8BIT_NODES, WEIGHT_ONLY, QuantizeConfig, QuantizeResult
 from ortrefine.export.quantize.graph import op_counts, save_model, set_accuracy_level, untie_lm_head
 from ortrefine.export.quantize.methods import _dynamic, _fp16, _from_gguf, _weight_only, resolve_algo
 from ortrefine.runtime.bundle import MODEL_FILE, Bundle, open_bundle, sha256_file
@@ -28,8 +28,8 @@ def _settings(cfg: QuantizeConfig, untied: list[dict[str, Any]], ops: dict[str, 
     """The quantization section of the manifest."""
     common = {"to": cfg.to, "target_provider": cfg.target_provider, "quantize_embeddings": cfg.quantize_embeddings,
               "untied": untied, "ops": ops}
-    if cfg.effective_accuracy_level_8bit is not None:
-        common["accuracy_level_8bit"] = cfg.effective_accuracy_level_8bit
+    if cfg.accuracy_level_8bit is not None:
+        common["accuracy_level_8bit"] = cfg.accuracy_level_8bit
     if gguf_info is not None:
         return {**common, "tool": "ortrefine.export.gguf_quant", "op": "MatMulNBits", "algo": "gguf",
                 "accuracy_level": cfg.effective_accuracy_level, "gguf": gguf_info}
@@ -92,10 +92,14 @@ def _quantize_graph(cfg: QuantizeConfig, parent: "LM", folder: Path) -> tuple[di
 
 
 def _levels(model: Any, cfg: QuantizeConfig) -> Any:
-    """The 8-bit nodes' own compute type, where one was asked for (QuantizeConfig.accuracy_level_8bit)."""
-    if cfg.effective_accuracy_level_8bit is not None and set_accuracy_level(model, 8, cfg.effective_accuracy_level_8bit) == 0:
-        raise ConfigError("--accuracy-level-8bit was given but the quantized graph has no 8-bit MatMulNBits "
-                          "(--to int4 of a GGUF with an 8-bit head has one; so does --head-bits 8); drop it")
+    """The 8-bit nodes' own compute type, where one was asked for (QuantizeConfig.accuracy_level_8bit).
+
+    A graph with no MatMulNBits at all is left to the "changed nothing" refusal, the real cause.
+    """
+    if cfg.accuracy_level_8bit is None or not any(n.op_type == "MatMulNBits" for n in model.graph.node):
+        return model
+    if set_accuracy_level(model, 8, cfg.accuracy_level_8bit) == 0:
+        raise ConfigError(NO_8BIT_NODES)
     return model
 
 
@@ -136,6 +140,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     t0 = time.perf_counter()
     parent_bundle = open_bundle(resolve_bundle_path(cfg.bundle))
     cfg = resolve_algo(cfg, parent_bundle)
+    cfg.check_8bit_nodes()
     if parent_bundle.precision != "fp32":
         grand = parent_bundle.manifest.get("parent")
         where = (grand.get("path") if isinstance(grand, dict) else grand) or "the exported bundle"

@@ -31,6 +31,10 @@ GPTQ_REFUSAL = ("--algo gptq is refused: onnxruntime 1.32's GPTQ port propagates
                 "round-to-nearest; use --algo rtn (same result, no calibration) or --algo hqq")
 
 
+NO_8BIT_NODES = ("--accuracy-level-8bit was given but the quantized graph has no 8-bit MatMulNBits (--to int8 has only "
+                 "those; --to int4 has one with --head-bits 8, or from a GGUF with an 8-bit head); drop it")
+
+
 DEFAULT_ACCURACY_LEVEL = 4  # int8 compute in MatMulNBits: 8-bit without it decodes at 6.7 tok/s (FACTS.md)
 
 
@@ -130,12 +134,13 @@ class QuantizeConfig:
                                   f"got {self.accuracy_level_8bit}")
         if self.algo == "gptq":
             raise ConfigError(GPTQ_REFUSAL)
+        self.check_8bit_nodes()
         if self.algo == "hqq" and self.to == "int8":
             raise ConfigError("onnxruntime's HQQ quantizer writes float zero points, which MatMulNBits on the CPU "
                               "does not accept at 8 bits; use --algo rtn for int8, or --to int4 with hqq")
         if self.algo == "hqq" and (self.accuracy_level is not None or self.accuracy_level_8bit is not None):
-            raise ConfigError("onnxruntime's HQQ quantizer does not set accuracy_level; drop --accuracy-level "
-                              "(and --accuracy-level-8bit) or use --algo rtn")
+            given = "--accuracy-level" if self.accuracy_level is not None else "--accuracy-level-8bit"
+            raise ConfigError(f"onnxruntime's HQQ quantizer does not set accuracy_level; drop {given} or use --algo rtn")
         if self.quantize_embeddings and self.algo != "rtn":
             raise ConfigError(f"onnxruntime's {self.algo.upper()} quantizer cannot quantize the embedding Gather; "
                               "use --algo rtn with --quantize-embeddings")
@@ -158,6 +163,12 @@ class QuantizeConfig:
         if self.to == "int8-dynamic" and self.provider == "cuda":
             raise ConfigError("int8-dynamic (MatMulInteger / DynamicQuantizeLinear) has no CUDA kernels in "
                               "onnxruntime and would run on the CPU; for CUDA use --to int4, int8 or fp16")
+
+    def check_8bit_nodes(self) -> None:
+        """Refuse --accuracy-level-8bit before any work where rtn will write no 8-bit node (int4
+        without an 8-bit head); gguf's head comes from the file and is checked on the graph."""
+        if self.accuracy_level_8bit is not None and self.algo == "rtn" and self.to == "int4" and self.head_bits != 8:
+            raise ConfigError(NO_8BIT_NODES)
 
     def wants_rtn_options(self) -> bool:
         """An option only the rtn path has was set, so `auto` cannot mean gguf."""
@@ -187,13 +198,6 @@ class QuantizeConfig:
         if self.to not in WEIGHT_ONLY or self.algo == "hqq":
             return None  # ORT's HQQ path leaves it unset
         return DEFAULT_ACCURACY_LEVEL if self.accuracy_level is None else self.accuracy_level
-
-    @property
-    def effective_accuracy_level_8bit(self) -> int | None:
-        """The 8-bit nodes' compute type when it differs from the rest, else None."""
-        if self.accuracy_level_8bit is None or self.accuracy_level_8bit == self.effective_accuracy_level:
-            return None
-        return self.accuracy_level_8bit
 
     def default_output(self, parent: Path) -> Path:
         suffix = (self.to + (f"-{self.algo}" if self.algo not in ("rtn", "auto", "gguf") else "") + ("-emb" if self.quantize_embeddings else "")

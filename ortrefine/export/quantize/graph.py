@@ -104,7 +104,8 @@ def _embedding_gathers(model: "onnx.ModelProto") -> tuple[list[str], list[str]]:
 
 
 def set_accuracy_level(model: "onnx.ModelProto", bits: int, level: int) -> int:
-    """Give every `bits`-bit MatMulNBits the compute type `level`; returns how many nodes it set.
+    """Give every `bits`-bit MatMulNBits the compute type `level` (0: no attribute, as onnxruntime's
+    own quantizer writes it); returns how many nodes it set.
 
     One level for every width is not always what a user wants: onnxruntime's CPU has a fast fp32
     kernel (level 1) for 4-bit blocks but not for 8-bit ones, which take a slow fallback there, so
@@ -120,8 +121,8 @@ def set_accuracy_level(model: "onnx.ModelProto", bits: int, level: int) -> int:
         if "bits" not in attrs or attrs["bits"].i != bits:
             continue
         if "accuracy_level" in attrs:
-            attrs["accuracy_level"].i = level
-        else:
+            node.attribute.remove(attrs["accuracy_level"])
+        if level:
             node.attribute.append(helper.make_attribute("accuracy_level", level))
         done += 1
     return done
