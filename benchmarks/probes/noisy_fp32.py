@@ -3,14 +3,15 @@ error, the same on every pass or (--path-sigma) differing between passes as int4
 Refinement's path through its edits is chaotic (from the same greedy start, int4 and fp32 end on
 the same text 13 times in 139, benchmarks/eval/int4-crossed/), so one bundle's judged gain is
 one draw. If fp32 + noise loses as much as int4 does, int4's loss
-is a perturbation of that size; if only the disagreeing noise does, it is the disagreement.
+is a perturbation of that size; if only the disagreeing noise does, it is the disagreement; if
+only the noise drawn per state (--context-sigma) does, it is error that is new in every context.
 
 The noise is a fixed N(0, sigma) vector over the vocabulary per *input* token, added to the
 logits that token's position produces: a function of the sequence, identical in full passes,
 batched passes and decode steps (decoding is routed through `LM.forward` so no pass escapes it).
 
     python benchmarks/probes/noisy_fp32.py --calibrate                 # |Δ log p| against fp32, per sigma
-    python benchmarks/probes/noisy_fp32.py --sigma S [--path-sigma T] --prompts P --judge models/gemma3-270m --out F.jsonl
+    python benchmarks/probes/noisy_fp32.py --sigma S [--path-sigma T] [--context-sigma C] --prompts P --judge models/gemma3-270m --out F.jsonl
     python benchmarks/probes/noisy_fp32.py --summary F.jsonl R.json [G.jsonl S.json ...]
         # against fp32's stored run of the same prompts; several pairs: each, then pooled
 """
@@ -18,6 +19,7 @@ batched passes and decode steps (decoding is routed through `LM.forward` so no p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -35,14 +37,26 @@ FP32 = "models/smollm2-135m"
 MAX_NEW = 32
 
 
-def noisy(lm, sigma: float, seed: int = 0, path_sigma: float = 0.0):
+def noisy(lm, sigma: float, seed: int = 0, path_sigma: float = 0.0, context_sigma: float = 0.0):
     """`lm` with the fixed per-input-token logit noise on every forward pass. path_sigma > 0 adds
     a second fixed noise that differs between one-token passes (decode steps, the scorer's
     per-token extensions) and longer ones (full passes, prefills): passes that disagree, as
-    int4's do, at a size of one's choosing."""
+    int4's do, at a size of one's choosing. context_sigma > 0 adds a noise drawn afresh for every
+    *state*: seeded by the position's own logits (64 of them, rounded), so it is the same in every
+    pass that reaches that state and unrelated between states that differ anywhere before it, as
+    rounding the activations to int8 is (a low-rank draw, 32 normals through a fixed matrix)."""
     cache: dict[tuple[int, int], np.ndarray] = {}
     vocab = None
     forward = lm.forward
+    basis: list[np.ndarray] = []
+
+    def by_state(logits: np.ndarray) -> np.ndarray:
+        flat = logits.reshape(-1, logits.shape[-1])
+        if not basis:
+            basis.append((np.random.default_rng((seed, 7)).standard_normal((32, flat.shape[1])) / np.sqrt(32)).astype(np.float32))
+        keys = np.round(flat[:, :64], 2)
+        z = np.stack([np.random.default_rng(int.from_bytes(hashlib.blake2b(k.tobytes(), digest_size=8).digest(), "little")).standard_normal(32) for k in keys])
+        return (context_sigma * z.astype(np.float32) @ basis[0]).reshape(logits.shape)
 
     def row(tok: int, kind: int) -> np.ndarray:
         if (tok, kind) not in cache:
@@ -59,7 +73,10 @@ def noisy(lm, sigma: float, seed: int = 0, path_sigma: float = 0.0):
         vocab = out.logits.shape[-1]
         ids = np.asarray(input_ids)[:, -out.logits.shape[1]:]
         kind = int(np.asarray(input_ids).shape[1] == 1)
-        out.logits = out.logits + np.stack([np.stack([row(int(t), kind) for t in r]) for r in ids])
+        clean = out.logits
+        out.logits = clean + np.stack([np.stack([row(int(t), kind) for t in r]) for r in ids])
+        if context_sigma:
+            out.logits = out.logits + by_state(clean)
         return out
 
     lm.forward = noisy_forward
@@ -74,14 +91,15 @@ def _prompts(path: str) -> list[dict]:
 def calibrate(prompts: list[dict]) -> None:
     fp = ortrefine.load(FP32, provider="cpu")
     texts = [fp.generate(p["prompt"], max_new_tokens=MAX_NEW) for p in prompts[:12]]
-    for sigma, path_sigma in ((0.05, 0), (0.1, 0), (0.2, 0), (0.07, 0.05), (0.07, 0.06)):
-        lm = noisy(ortrefine.load(FP32, provider="cpu"), sigma, path_sigma=path_sigma)
+    for sigma, path_sigma, context_sigma in ((0.05, 0, 0), (0.1, 0, 0), (0.2, 0, 0), (0.07, 0.05, 0), (0.07, 0.06, 0),
+                                             (0, 0, 0.02), (0, 0, 0.04), (0, 0, 0.08)):
+        lm = noisy(ortrefine.load(FP32, provider="cpu"), sigma, path_sigma=path_sigma, context_sigma=context_sigma)
         full = [np.asarray(lm.score(g.prompt_ids, [g.ids]).token_logprobs[0], dtype=np.float64) for g in texts]
         d = [np.abs(f - np.asarray(g.token_logprobs, dtype=np.float64)) for f, g in zip(full, texts)]
         own = [lm.generate(g.prompt_ids, max_new_tokens=MAX_NEW) for g in texts]  # its own greedy, by decode steps
         between = [np.abs(np.asarray(lm.score(o.prompt_ids, [o.ids]).token_logprobs[0], dtype=np.float64)
                           - np.asarray(o.token_logprobs, dtype=np.float64)) for o in own]
-        print(f"sigma {sigma}, path_sigma {path_sigma}: mean |Δ log p| per token, full pass against fp32 "
+        print(f"sigma {sigma}, path_sigma {path_sigma}, context_sigma {context_sigma}: mean |Δ log p| per token, full pass against fp32 "
               f"{np.concatenate(d).mean():.4f}; decode steps against full pass {np.concatenate(between).mean():.4f}")
 
 
@@ -90,7 +108,7 @@ def run(args) -> None:
     from ortrefine.evaluate.metrics import text_report
     from ortrefine.runtime.refine import RefineConfig, refine
 
-    lm = noisy(ortrefine.load(FP32, provider="cpu"), args.sigma, path_sigma=args.path_sigma)
+    lm = noisy(ortrefine.load(FP32, provider="cpu"), args.sigma or 0.0, path_sigma=args.path_sigma, context_sigma=args.context_sigma)
     judge = ortrefine.load(args.judge, provider="cpu")
     out = Path(args.out)
     done = {json.loads(line)["id"] for line in out.read_text().splitlines()} if out.exists() else set()
@@ -100,7 +118,7 @@ def run(args) -> None:
         r = refine(lm, p["prompt"], RefineConfig(max_new_tokens=MAX_NEW))
         texts = {"gN": r.initial.text, "nN": r.final.text}
         scores = judge_texts(judge, judge_context(p["prompt"], False), list(texts.values()))
-        row = {"id": p["id"], "sigma": args.sigma, "path_sigma": args.path_sigma, "texts": texts, "judge": {k: s.mean for k, s in zip(texts, scores)},
+        row = {"id": p["id"], "sigma": args.sigma or 0.0, "path_sigma": args.path_sigma, "context_sigma": args.context_sigma, "texts": texts, "judge": {k: s.mean for k, s in zip(texts, scores)},
                "degenerate": {k: text_report(t, p["prompt"]).degenerate for k, t in texts.items()}}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -123,7 +141,7 @@ def summary(pairs: list[tuple[str, str]]) -> None:
         gain_n = [rows[i]["judge"]["nN"] - rows[i]["judge"]["gN"] for i in ids]
         first = next(iter(rows.values()))
         print(f"{path}: {len(rows)} prompts, {len(ids)} with all four outputs clean; sigma {first['sigma']}, "
-              f"path_sigma {first.get('path_sigma', 0.0)}")
+              f"path_sigma {first.get('path_sigma', 0.0)}, context_sigma {first.get('context_sigma', 0.0)}")
         _gains(gain_f, gain_n)
         print(f"  same greedy as fp32: {sum(rows[i]['texts']['gN'] == fp[(i, 'g')]['text'] for i in rows)}/{len(rows)}, "
               f"same refined: {sum(rows[i]['texts']['nN'] == fp[(i, 'f')]['text'] for i in rows)}/{len(rows)}; degenerate "
@@ -145,6 +163,7 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--sigma", type=float)
     ap.add_argument("--path-sigma", type=float, default=0.0)
+    ap.add_argument("--context-sigma", type=float, default=0.0)
     ap.add_argument("--prompts", default="benchmarks/eval/commongen-continue-heldout/prompts.jsonl")
     ap.add_argument("--judge", default="models/gemma3-270m")
     ap.add_argument("--out")
