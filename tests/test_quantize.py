@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from nbits import levels
 
 import ortrefine
 from ortrefine.cli.main import cli
@@ -392,17 +393,6 @@ def test_auto_algo_is_rtn_without_a_gguf_source_or_with_rtn_options():
 def test_tiny_int4_default_is_round_to_nearest(parent):
     r = quantize(QuantizeConfig(parent, "int4", gate=LOOSE, out=parent.parent / "tiny-auto-int4"))
     assert r.manifest["quantization"]["algo"] == "rtn" and "gguf" not in r.manifest["quantization"]
-
-
-def levels(path: Path) -> Counter:
-    """(bits, accuracy_level) of every MatMulNBits in a bundle's graph."""
-    m = onnx.load(str(path / "model.onnx"), load_external_data=False)
-    got = Counter()
-    for n in m.graph.node:
-        if n.op_type == "MatMulNBits":
-            a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
-            got[(a["bits"], a.get("accuracy_level"))] += 1
-    return got
 
 
 def test_the_8bit_nodes_take_their_own_accuracy_level(parent, tmp_path):

@@ -53,7 +53,7 @@ class QuantizeConfig:
         blocks, every node of --to int8); None: accuracy_level's. onnxruntime's CPU has no fast
         fp32 kernel for 8-bit blocks, so `accuracy_level=1, accuracy_level_8bit=4` is fp32 compute
         where it is fast. On SmolLM2's GGUF-block int4 that leaves int8 activations at the head
-        only: its passes agree (3e-5 nats/token, level 4: 0.044) at 0.82x level 4's decode speed.
+        only: its passes agree (3e-5 nats/token, level 4: 0.044) at 0.84x level 4's decode speed.
     algo: int4/int8 weights: gguf (int4 from a GGUF source's own blocks: the model in the file,
         see gguf_quant.py), rtn (round to nearest, ORT's default C++ quantizer), hqq
         (half-quadratic, needs torch; int4 only on CPU) or auto: gguf for --to int4 of a bundle
@@ -124,14 +124,12 @@ class QuantizeConfig:
             raise ConfigError(f"--accuracy-level applies to the weight-only targets int4 and int8, not {self.to}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of two >= 16 (MatMulNBits), got {self.block_size}")
-        if self.accuracy_level is not None and self.accuracy_level not in range(5):
-            raise ConfigError(f"accuracy_level must be 0-4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {self.accuracy_level}")
-        if self.accuracy_level_8bit is not None:
-            if not weight_only:
-                raise ConfigError(f"--accuracy-level-8bit applies to the weight-only targets int4 and int8, not {self.to}")
-            if self.accuracy_level_8bit not in range(5):
-                raise ConfigError("accuracy_level_8bit must be 0-4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), "
-                                  f"got {self.accuracy_level_8bit}")
+        if self.accuracy_level_8bit is not None and not weight_only:
+            raise ConfigError(f"--accuracy-level-8bit applies to the weight-only targets int4 and int8, not {self.to}")
+        for name in ("accuracy_level", "accuracy_level_8bit"):
+            level = getattr(self, name)
+            if level is not None and level not in range(5):
+                raise ConfigError(f"{name} must be 0-4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {level}")
         if self.algo == "gptq":
             raise ConfigError(GPTQ_REFUSAL)
         self.check_8bit_nodes()
