@@ -83,6 +83,12 @@ def test_config_refuses_options_that_would_be_ignored():
     cfg = BatchConfig.from_dict({"task": "refine", "objective": ["logprob", "repetition=1"], "top-k": "all", "max_tokens": 8})
     assert cfg.refine.top_k is None and cfg.refine.max_new_tokens == 8 and len(cfg.refine.objectives) == 2
     assert BatchConfig.from_dict({"strategy": "sample", "top_k": "5", "seed": 3}).generation.top_k == 5
+    assert BatchConfig.from_dict({"task": "refine"}).refine.end_repair is True
+    assert BatchConfig.from_dict({"task": "refine", "end_repair": False}).refine.end_repair is False
+    with pytest.raises(ConfigError, match="end_repair must be true or false"):
+        BatchConfig.from_dict({"task": "refine", "end_repair": "no"})
+    with pytest.raises(ConfigError, match="--end-repair does not apply to --task generate"):
+        BatchConfig.from_dict({"end_repair": False})
 
 
 # -- on the tiny model ------------------------------------------------------------------------------

@@ -83,6 +83,10 @@ def test_refine_json_trace(tiny_bundles):
     assert data["objective_after"]["total"] >= data["objective_before"]["total"]
     assert data["initial"]["ids"] and isinstance(data["final"]["text"], str)
     assert data["cost"]["forward_tokens"] > 0
+    assert data["config"]["end_repair"] is True and "end_repairs" in data["cost"]
+    off = invoke("refine", "Once upon a time", "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "6", "--no-end-repair", "--json")
+    assert off.exit_code == 0, off.output
+    assert json.loads(off.output)["config"]["end_repair"] is False
 
 
 def test_refine_human_output(tiny_bundles):

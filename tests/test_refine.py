@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -454,3 +455,56 @@ def test_guard_keeps_refinement_from_making_a_loop(monkeypatch):
     held = refine(table_lm(table), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3))
     assert "abab" not in free.initial.text and "abab" in free.final.text  # log P prefers the loop
     assert "abab" not in held.final.text and held.objective_after["total"] >= held.objective_before["total"]
+
+
+_SIDE = {"e": 0.01, "f": 0.01, "g": 0.01}  # the top-3 proposals after the best are letters, never eos
+LOOP_TABLE = {"c": {"d": 0.9, **_SIDE}, "d": {"a": 0.9, **_SIDE}, "a": {"b": 0.9, **_SIDE}, "b": {"a": 0.9, **_SIDE},
+              **{ch: {"a": 0.9, **_SIDE} for ch in "efgh"}}
+
+
+def _loops_and_sentence_ends(monkeypatch):
+    """The fake text has no words or full stops, so stand-ins: a text with two 'a's is degenerate
+    (every continuation of LOOP_TABLE regrows 'abab…' from any edit), as is an empty one, and 'b' or 'd'
+    ends a sentence."""
+    import re
+
+    import ortrefine.runtime.objectives.text_terms as tt
+    import ortrefine.runtime.refine.loop as loop
+
+    monkeypatch.setattr(tt, "is_degenerate", lambda text, prompt, keywords=(): not text or text.count("a") >= 2)
+    monkeypatch.setattr(loop, "_ENDS_SENTENCE", re.compile(r"[bd]$"))
+
+
+def test_end_repair_ends_a_regrowing_loop_at_a_sentence_end(monkeypatch):
+    """No substitution breaks the loop (every re-decoded suffix regrows it), so the sweep leaves Y*
+    degenerate; ending Y* at a sentence end before the loop's second turn is clean, and the guard
+    makes J prefer it to the likelier loop."""
+    _loops_and_sentence_ends(monkeypatch)
+    cfg = RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3)
+    off = refine(table_lm(LOOP_TABLE), "c", replace(cfg, end_repair=False))
+    on = refine(table_lm(LOOP_TABLE), "c", cfg)
+    assert off.initial.text == "dabababa" and off.final.text.count("a") >= 2 and off.cost.end_repairs == 0
+    assert on.final.text in ("d", "dab") and on.final.ids[-1] == 0  # ended with eos, at a sentence end
+    assert on.cost.end_repairs == 1 and on.edits[-1].new_id == 0 and on.edits[-1].position == len(on.final.ids) - 1
+    assert on.objective_after["guard"] == 0.0 and on.objective_after["total"] > off.objective_after["total"]
+    assert on.edits[-1].delta == pytest.approx(on.objective_after["total"] - off.objective_after["total"], abs=1e-4)
+
+
+def test_end_repair_needs_a_guard_and_a_degenerate_output(monkeypatch):
+    """Without a guard term (or with a weightless one) J has no say on degeneracy, and a clean Y* is
+    never cut: the step runs only where the guard still fires."""
+    _loops_and_sentence_ends(monkeypatch)
+    no_guard = refine(table_lm(LOOP_TABLE), "c", RefineConfig(objectives=["logprob"], max_new_tokens=8, top_k=3))
+    assert no_guard.cost.end_repairs == 0 and no_guard.final.text.count("a") >= 2
+    clean = {"c": {"d": 0.9}, "d": {"e": 0.9}, "e": {"f": 0.9}, "f": {"g": 0.9}, "g": {"h": 0.9}, "h": {"b": 0.9}}
+    r = refine(table_lm(clean), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3))
+    # ending at "d" would raise log P here (the eos after "b" is unlikely too), so a repair that ran
+    # on clean outputs would cut this one
+    assert r.cost.end_repairs == 0 and r.final.text == r.initial.text == "defghb"
+    weightless = refine(table_lm(LOOP_TABLE), "c", RefineConfig(objectives=["logprob", "guard=0.0"], max_new_tokens=8, top_k=3))
+    assert weightless.cost.end_repairs == 0 and weightless.final.text.count("a") >= 2
+
+
+def test_end_repair_must_be_a_bool():
+    with pytest.raises(ConfigError, match="end_repair must be true or false"):
+        RefineConfig(end_repair="false")

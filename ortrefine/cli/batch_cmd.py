@@ -13,7 +13,7 @@ from ortrefine.cli.common import FiniteFloat, LibraryChoice, Text, domain_errors
 SETTINGS = ("task", "model", "provider", "threads", "chat", "system", "max_new_tokens", "seed", "top_k", "batch_size", "strategy",
             "temperature", "top_p", "num_beams", "length_penalty", "early_stopping", "stop", "objectives", "keywords", "reference",
             "mode", "sweeps", "positions_per_batch", "order", "edits", "budget_seconds", "budget_tokens", "initial_strategy", "tol",
-            "min_prob", "screen", "screen_keep", "draft", "no_prune")
+            "min_prob", "screen", "screen_keep", "draft", "no_prune", "no_end_repair")
 
 
 @click.command()
@@ -52,6 +52,7 @@ SETTINGS = ("task", "model", "provider", "threads", "chat", "system", "max_new_t
 @click.option("--screen-keep", type=click.IntRange(min=1), default=None, help="refine.")
 @click.option("--draft", type=click.IntRange(min=0), default=None, help="refine, --mode regenerate.")
 @click.option("--no-prune", is_flag=True, help="refine.")
+@click.option("--no-end-repair", is_flag=True, help="refine: as `ortrefine refine --no-end-repair`.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="generate (greedy/sample): records decoded together in shared passes; with --ray, records per batch.")
 @click.option("--ray", "use_ray", is_flag=True, help="Run on Ray Data (the `ray` extra): an actor pool, each actor loading the model once.")
@@ -78,8 +79,8 @@ def batch(ctx: click.Context, input_path: Path, output_path: Path, config_file: 
     for name in SETTINGS:
         if given(ctx, name):
             value = kw[name]
-            if name == "no_prune":
-                name, value = "prune", not value
+            if name in ("no_prune", "no_end_repair"):
+                name, value = name.removeprefix("no_"), not value
             elif name in ("stop", "objectives"):
                 value = list(value)
             options[name] = value

@@ -158,6 +158,8 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.option("--budget-seconds", type=FiniteFloat(), default=None, help="Stop once this much wall time is spent (seconds > 0).")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Stop once this many tokens were scored.")
 @click.option("--no-guide", is_flag=True, help="With --keywords: decode Y⁰ and every regenerated suffix without steering them toward the missing keywords.")
+@click.option("--no-end-repair", is_flag=True,
+              help="Leave Y* as the sweeps left it where the guard term still calls it degenerate (by default it may be ended at one of its sentence ends).")
 @click.option("--no-prune", is_flag=True, help="Score every candidate to the end (for measuring what pruning saves).")
 @click.option("--initial", default=None, type=Text(), help="Refine this text instead of decoding Y⁰.")
 @click.option("--initial-strategy", type=LibraryChoice(strategies), default="greedy", show_default=True)
@@ -165,7 +167,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.pass_context
 @domain_errors
 def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None,
-           keywords: str | None, edits: str, initial_strategy: str, no_prune: bool, no_guide: bool, relax_steps: int, relax_lr: float,
+           keywords: str | None, edits: str, initial_strategy: str, no_prune: bool, no_guide: bool, no_end_repair: bool, relax_steps: int, relax_lr: float,
            relax_method: str, **kw: Any) -> None:
     """Decode PROMPT's output, then improve it against the objective (PROMPT `-`: read it from standard input)."""
     from ortrefine.runtime.decoding import GenerationConfig
@@ -177,7 +179,7 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
     cfg = RefineConfig(
         objectives=objectives, keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
-        prune=not no_prune, guide=False if no_guide else None, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
+        prune=not no_prune, end_repair=not no_end_repair, guide=False if no_guide else None, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
     )
     lm = load_lm(model, provider, threads)
     if cfg.top_k is None:

@@ -69,6 +69,10 @@ class RefineConfig:
         best projection only if its exact J is higher; needs a gradient graph).
     relax: settings of the gradient optimizer (steps, lr, method plain|momentum|adam, temperature).
     sweeps: maximum sweeps; refinement also stops when a sweep accepts nothing.
+    end_repair: when J has a guard term and Y* is still degenerate after the sweeps, try ending it
+        at each sentence end (one more group, decided by J like any edit). Re-decoded suffixes
+        regrow a loop or an editor's remark from the same seed; its first clean sentence is often
+        a finished output.
     positions_per_batch: positions whose candidates are scored together in one batch; the best
         edit among them is accepted (1 = plain coordinate descent).
     tol: minimum ΔJ to accept an edit.
@@ -113,6 +117,7 @@ class RefineConfig:
     optimizer: str = "coordinate"
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     sweeps: int = 1
+    end_repair: bool = True
     positions_per_batch: int = 8
     tol: float = 1e-6
     seed: int = 0
@@ -195,6 +200,8 @@ class RefineConfig:
         """The task's own inputs, which the objective terms read as they are."""
         if any(not isinstance(k, str) for k in self.keywords):
             raise ConfigError("keywords must be strings")
+        if not isinstance(self.end_repair, (bool, np.bool_)):
+            raise ConfigError(f"end_repair must be true or false, got {self.end_repair!r}")
         if self.initial is not None and not self.initial.strip():
             raise ConfigError("--initial text is empty; give the output to refine, or drop --initial")
 

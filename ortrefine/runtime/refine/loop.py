@@ -7,6 +7,7 @@ module and still reads `self.cfg`, `self.cost` and the rest.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -24,6 +25,9 @@ from ortrefine.runtime.refine.relax_sweep import _RelaxSweep
 from ortrefine.runtime.refine.result import Cost, Edit
 from ortrefine.runtime.refine.scorer import _Scorer
 from ortrefine.runtime.refine.state import _State
+
+# a prefix that ends a sentence or a line: where ending the output leaves it finished
+_ENDS_SENTENCE = re.compile(r"(?:[.!?][\"'”’)\]]*|\n)\s*$")
 
 if TYPE_CHECKING:
     from ortrefine.runtime.refine.config import RefineConfig
@@ -174,7 +178,50 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
             if accepted == 0:
                 stop = "converged"
                 break
+        if self._spent(t0) is None:
+            state = self._end_repair(state, sweep, edits)
         return first, state, edits, sweep, stop
+
+    def _repairs_ends(self, state: _State) -> bool:
+        """Whether Y* should try ending at a sentence end: it is still degenerate by the guard
+        term's checks (a loop or an editor's remark that one sweep of re-decoded suffixes
+        regrows, because every suffix starts from the same seed), and J holds a guard to say so."""
+        if not self.cfg.end_repair or state.parts.get("guard", 0.0) >= 0:
+            return False
+        return any(t.name == "guard" and t.weight > 0 for t in self.objective.terms)
+
+    def _end_repair(self, state: _State, sweep: int, edits: list[Edit]) -> _State:
+        """Y* ended at each of its sentence ends, scored as one group; the best is kept if the full
+        J is higher. A loop's first turn or the sentence before an editor's remark is often a
+        clean, finished output, and the refiner's own proposals rarely put eos there."""
+        if not self._repairs_ends(state):
+            return state
+        cands = [_Candidate(i, "substitute", [eos], state.ids[i], eos) for i, eos in self._sentence_ends(state)]
+        if not cands:
+            return state
+        self.cost.candidates += len(cands)
+        self.cost.end_repairs += 1
+        found = self._best_edit(state, sweep, cands)
+        if found is None:
+            return state
+        state, edit = found
+        edits.append(edit)
+        return state
+
+    def _sentence_ends(self, state: _State) -> list[tuple[int, int]]:
+        """(position, eos id) for each position i of Y whose prefix Y[:i] ends a sentence (., !,
+        ?, maybe closed by a quote or bracket) or a line; the eos id is the one the model finds
+        likeliest there."""
+        tok, ids = self.lm.tokenizer, state.ids
+        eos_ids = list(self.lm.eos_ids)
+        out = []
+        for i in range(1, len(ids)):
+            if ids[i] in self.eos or ids[i - 1] in self.eos:
+                continue
+            if _ENDS_SENTENCE.search(tok.decode(ids[:i])):
+                best = max(eos_ids, key=lambda e: float(state.dist[i][e]))
+                out.append((i, best))
+        return out
 
     def _spent(self, t0: float) -> str | None:
         """The stop reason once a budget is used up; checked before each batch, never inside one."""

@@ -46,6 +46,8 @@ class Cost:
     rescore_rejected: winning candidates whose J, recomputed by a full pass once chosen, did not
         beat the incumbent after all (their batched score was higher than the full pass's).
     screened_out: candidates dropped by the (approximate) screen, `RefineConfig.screen`.
+    end_repairs: times Y* was still degenerate after the sweeps and its sentence ends were tried
+        as endings (`RefineConfig.end_repair`).
     initial_seconds / seconds: wall time.
     """
 
@@ -60,6 +62,7 @@ class Cost:
     draft_accepted: int = 0
     rescore_rejected: int = 0
     screened_out: int = 0
+    end_repairs: int = 0
     gradient_calls: int = 0
     gradient_seconds: float = 0.0
     initial_forward_tokens: int = 0
