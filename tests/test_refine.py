@@ -7,8 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from fakelm import CHARS, table_lm
 from ortrefine.errors import ConfigError, ObjectiveError, UnknownNameError
@@ -488,6 +486,25 @@ def test_end_repair_ends_a_regrowing_loop_at_a_sentence_end(monkeypatch):
     assert on.cost.end_repairs == 1 and on.edits[-1].new_id == 0 and on.edits[-1].position == len(on.final.ids) - 1
     assert on.objective_after["guard"] == 0.0 and on.objective_after["total"] > off.objective_after["total"]
     assert on.edits[-1].delta == pytest.approx(on.objective_after["total"] - off.objective_after["total"], abs=1e-4)
+    from ortrefine.cli.refine_cmd import render
+
+    tok = table_lm(LOOP_TABLE).tokenizer
+    assert "it was ended at a sentence end" in render(on, tok) and "sentence end" not in render(off, tok)
+
+
+def test_end_repair_keeps_y_when_no_ending_is_clean(monkeypatch):
+    """Every sentence end falls inside the loop: the endings are tried, none is clean, and J (the
+    guard fires on all of them, and eos is unlikely) keeps the loop."""
+    import re
+
+    import ortrefine.runtime.refine.loop as loop
+    from ortrefine.cli.refine_cmd import render
+
+    _loops_and_sentence_ends(monkeypatch)
+    monkeypatch.setattr(loop, "_ENDS_SENTENCE", re.compile(r"aba$"))
+    r = refine(table_lm(LOOP_TABLE), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3))
+    assert r.cost.end_repairs == 1 and r.final.text == r.initial.text == "dabababa" and not r.edits
+    assert "no sentence end of it made a clean ending" in render(r, table_lm(LOOP_TABLE).tokenizer)
 
 
 def test_end_repair_needs_a_guard_and_a_degenerate_output(monkeypatch):

@@ -89,6 +89,10 @@ def render(result: Any, tokenizer: Any) -> str:
     )
     if c.screened_out:
         lines.append(f"note: approximate (--screen): {c.screened_out} candidate(s) dropped on their first tokens' estimate")
+    if c.end_repairs:
+        lines.append("note: the sweeps left Y* degenerate by the guard's checks; " + (
+            "it was ended at a sentence end (--no-end-repair keeps it as the sweeps left it)"
+            if result.objective_after.get("guard", -1.0) == 0 else "no sentence end of it made a clean ending"))
     if c.rescore_rejected:
         lines.append(f"note: {c.rescore_rejected} winning candidate(s) lost on a full rescoring (batched and full passes "
                      "differ on this bundle) and were not accepted")
