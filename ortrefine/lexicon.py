@@ -1,4 +1,5 @@
-"""English words for the keyword task, shared by the refiner's coverage term and `ortrefine eval`.
+"""English words for the keyword task, shared by the refiner's coverage term and `ortrefine eval`,
+and where an English sentence ends (the refiner's end repair).
 
 One matcher for both, so J and the evaluation cannot disagree about what "uses the concept" or
 "a list, not a sentence" means. Pure Python plus simplemma (its English data ships in the wheel).
@@ -144,3 +145,27 @@ def is_verb_form(word: str) -> bool:
     if w.endswith("s"):
         return False
     return lemma(w) != w or (w.endswith(("ed", "ing")) and bool(_undone_inflections(w)))
+
+
+# words whose full stop does not end a sentence
+_ABBREVIATIONS = frozenset("mr mrs ms dr st jr sr prof vs etc inc ltd co no fig eg ie approx dept est vol".split())
+_CLOSERS = "\"'”’)]"
+
+
+def ends_sentence(text: str) -> bool:
+    """Whether `text` ends a sentence right at its last character: `.`, `!` or `?`, maybe closed by
+    a quote or bracket, with no whitespace after it. A full stop after a number ("1.", "3."), a
+    single letter or an initialism ("e.", "U.S."), an abbreviation ("Dr.") or an ellipsis does not
+    count: ending an output there would cut it mid-sentence."""
+    if not text or text != text.rstrip():
+        return False
+    core = text.rstrip(_CLOSERS)
+    if not core or core[-1] not in ".!?":
+        return False
+    if core[-1] != ".":
+        return True
+    if core.endswith("..") or core.endswith("…."):
+        return False
+    last = core[:-1].split()[-1] if core[:-1].split() else ""
+    last = last.strip("\"'“‘”’()[]")
+    return len(last) >= 2 and last.isalpha() and last.lower() not in _ABBREVIATIONS

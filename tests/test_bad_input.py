@@ -439,6 +439,8 @@ def test_initial_and_reference_text_are_text(tiny_bundles):
     (["refine", "x", "--objective", "coverage", "--keywords", ",,"], "names no keyword"),
     (["refine", "x", "--objective", "coverage"], "has no keywords"),
     (["refine", "x", "--objective", "coverage", "--keywords", "dog,!!!"], "has no letters or digits"),
+    (["refine", "x", "--keywords", "dog,park", "--no-end-repair"], "--no-end-repair only applies when J has a guard term"),
+    (["refine", "x", "--objective", "logprob", "--objective", "guard=0", "--no-end-repair"], "--no-end-repair only applies"),
 ])
 def test_ignored_or_empty_options_are_refused(llama, args, text):
     answered(invoke(*args[:2], "-m", llama, "--max-new-tokens", "3", *args[2:]), 2, text)

@@ -470,7 +470,7 @@ def _loops_and_sentence_ends(monkeypatch):
     import ortrefine.runtime.refine.loop as loop
 
     monkeypatch.setattr(tt, "is_degenerate", lambda text, prompt, keywords=(): not text or text.count("a") >= 2)
-    monkeypatch.setattr(loop, "_ENDS_SENTENCE", re.compile(r"[bd]$"))
+    monkeypatch.setattr(loop, "ends_sentence", lambda text: bool(re.search(r"[bd]$", text)))
 
 
 def test_end_repair_ends_a_regrowing_loop_at_a_sentence_end(monkeypatch):
@@ -484,6 +484,8 @@ def test_end_repair_ends_a_regrowing_loop_at_a_sentence_end(monkeypatch):
     assert off.initial.text == "dabababa" and off.final.text.count("a") >= 2 and off.cost.end_repairs == 0
     assert on.final.text in ("d", "dab") and on.final.ids[-1] == 0  # ended with eos, at a sentence end
     assert on.cost.end_repairs == 1 and on.edits[-1].new_id == 0 and on.edits[-1].position == len(on.final.ids) - 1
+    assert on.edits[-1].kind == "end" and on.edits[-1].old_id == off.final.ids[on.edits[-1].position]
+    assert [e.kind for e in on.edits[:-1]] == [e.kind for e in off.edits] and "end" not in [e.kind for e in off.edits]
     assert on.objective_after["guard"] == 0.0 and on.objective_after["total"] > off.objective_after["total"]
     assert on.edits[-1].delta == pytest.approx(on.objective_after["total"] - off.objective_after["total"], abs=1e-4)
     from ortrefine.cli.refine_cmd import render
@@ -495,16 +497,14 @@ def test_end_repair_ends_a_regrowing_loop_at_a_sentence_end(monkeypatch):
 def test_end_repair_keeps_y_when_no_ending_is_clean(monkeypatch):
     """Every sentence end falls inside the loop: the endings are tried, none is clean, and J (the
     guard fires on all of them, and eos is unlikely) keeps the loop."""
-    import re
-
     import ortrefine.runtime.refine.loop as loop
     from ortrefine.cli.refine_cmd import render
 
     _loops_and_sentence_ends(monkeypatch)
-    monkeypatch.setattr(loop, "_ENDS_SENTENCE", re.compile(r"aba$"))
+    monkeypatch.setattr(loop, "ends_sentence", lambda text: text.endswith("aba"))
     r = refine(table_lm(LOOP_TABLE), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3))
     assert r.cost.end_repairs == 1 and r.final.text == r.initial.text == "dabababa" and not r.edits
-    assert "no sentence end of it made a clean ending" in render(r, table_lm(LOOP_TABLE).tokenizer)
+    assert "no ending at one of its sentence ends raised J" in render(r, table_lm(LOOP_TABLE).tokenizer)
 
 
 def test_end_repair_needs_a_guard_and_a_degenerate_output(monkeypatch):
@@ -520,6 +520,19 @@ def test_end_repair_needs_a_guard_and_a_degenerate_output(monkeypatch):
     assert r.cost.end_repairs == 0 and r.final.text == r.initial.text == "defghb"
     weightless = refine(table_lm(LOOP_TABLE), "c", RefineConfig(objectives=["logprob", "guard=0.0"], max_new_tokens=8, top_k=3))
     assert weightless.cost.end_repairs == 0 and weightless.final.text.count("a") >= 2
+
+
+@pytest.mark.parametrize("text, ends", [
+    (" moon.", True), (" woods.\"", True), (" really?", True), ("Hi!", True), (" it.", True), (" (see above).", True),
+    (" said \"yes.\"", True), (" moon.\n", False), (" moon. ", False), (" Dr.", False), (" 3.", False), (" 1.", False),
+    (" e.", False), (" U.S.", False), (" below:\n", False), (" wait...", False), (".", False), (" a.", False), ("", False),
+    (" the price was 3", False)])
+def test_ends_sentence(text, ends):
+    """Where the end repair may put eos: a finished sentence, never a number's or an abbreviation's
+    full stop (ending " office of Dr." or " 3." cuts the output mid-sentence)."""
+    from ortrefine.lexicon import ends_sentence
+
+    assert ends_sentence(text) is ends
 
 
 def test_end_repair_must_be_a_bool():

@@ -251,8 +251,8 @@ def test_refine_endpoint_equals_library(client, refs):
     got = client.post("/refine", body={"model": "tiny-llama", "messages": [{"role": "user", "content": "Name a dog"}],
                                        "initial": "a cat", "mode": "keep", "max_tokens": 8}, cast_to=object)
     assert got["initial"]["text"] == "a cat" and got["objective_after"]["total"] >= got["objective_before"]["total"]
-    got = client.post("/refine", body={**body, "end_repair": False}, cast_to=object)
-    assert got["config"]["end_repair"] is False and got["cost"]["end_repairs"] == 0
+    got = client.post("/refine", body={"model": "tiny-llama", "prompt": PROMPTS[0], "max_tokens": 8, "end_repair": False}, cast_to=object)
+    assert got["config"]["end_repair"] is False and got["cost"]["end_repairs"] == 0  # the default J has a guard: off means off
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -91,3 +91,19 @@ def test_int4_with_fp32_compute_but_the_8bit_head_agrees_with_itself(smollm2_bun
     g = lm.generate("The woman rides a bicycle", max_new_tokens=24)
     full = np.asarray(lm.score(g.prompt_ids, [g.ids]).token_logprobs[0], dtype=np.float64)
     assert np.abs(full - np.asarray(g.token_logprobs, dtype=np.float64)).mean() < 1e-3
+
+
+def test_the_end_repair_ends_a_loop_the_sweep_regrows(smol_lm):
+    """The default refine of this prompt keeps greedy's loop ("I'll be sitting on the floor." four
+    times: every re-decoded suffix regrows it); the end repair ends it at a real sentence end,
+    with the model's own eos, as a clean prefix of what the sweep left."""
+    from ortrefine import RefineConfig, refine
+    from ortrefine.degeneration import is_degenerate
+
+    prompt = "I will sit on the floor and"
+    off = refine(smol_lm, prompt, RefineConfig(end_repair=False))
+    on = refine(smol_lm, prompt, RefineConfig())
+    assert is_degenerate(off.final.text, prompt) and off.cost.end_repairs == 0
+    assert not is_degenerate(on.final.text, prompt) and on.objective_after["guard"] == 0.0
+    assert on.final.ids[-1] in smol_lm.eos_ids and on.edits[-1].kind == "end" and on.cost.end_repairs == 1
+    assert off.final.text.startswith(on.final.text) and on.final.text.endswith(".") and len(on.final.text.split()) >= 3

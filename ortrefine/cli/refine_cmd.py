@@ -90,9 +90,12 @@ def render(result: Any, tokenizer: Any) -> str:
     if c.screened_out:
         lines.append(f"note: approximate (--screen): {c.screened_out} candidate(s) dropped on their first tokens' estimate")
     if c.end_repairs:
+        ended = any(e.kind == "end" for e in result.edits)
+        clean = result.objective_after.get("guard", -1.0) == 0
         lines.append("note: the sweeps left Y* degenerate by the guard's checks; " + (
-            "it was ended at a sentence end (--no-end-repair keeps it as the sweeps left it)"
-            if result.objective_after.get("guard", -1.0) == 0 else "no sentence end of it made a clean ending"))
+            "it was ended at a sentence end (--no-end-repair keeps it as the sweeps left it)" if ended and clean else
+            "it was ended at the sentence end J preferred, and is still degenerate" if ended else
+            "no ending at one of its sentence ends raised J"))
     if c.rescore_rejected:
         lines.append(f"note: {c.rescore_rejected} winning candidate(s) lost on a full rescoring (batched and full passes "
                      "differ on this bundle) and were not accepted")
@@ -185,6 +188,9 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
         prune=not no_prune, end_repair=not no_end_repair, guide=False if no_guide else None, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
     )
+    if no_end_repair and not any(_spec(o).name == "guard" and _spec(o).weight > 0 for o in cfg.objectives):
+        raise click.UsageError("--no-end-repair only applies when J has a guard term (the default J without --keywords, "
+                               "or --objective guard=W); drop it")
     lm = load_lm(model, provider, threads)
     if cfg.top_k is None:
         v, n = lm.vocab_size, cfg.max_new_tokens
@@ -195,6 +201,12 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
         click.echo(json.dumps({**result.to_dict(), "provider": lm.provider, "model": str(lm.bundle.path)}))
     else:
         click.echo(render(result, lm.tokenizer))
+
+
+def _spec(o: Any) -> Any:
+    from ortrefine.runtime.objectives import ObjectiveSpec
+
+    return ObjectiveSpec.parse(o) if isinstance(o, str) else o
 
 
 def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str | None, edits: str) -> None:

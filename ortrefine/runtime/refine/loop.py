@@ -7,7 +7,6 @@ module and still reads `self.cfg`, `self.cost` and the rest.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ortrefine.errors import ConfigError, PromptError
+from ortrefine.lexicon import ends_sentence
 from ortrefine.runtime.decoding import GenerationConfig, generate
 from ortrefine.runtime.guide import Guide, guided_decode
 from ortrefine.runtime.logprobs import gather_logprobs
@@ -25,9 +25,6 @@ from ortrefine.runtime.refine.relax_sweep import _RelaxSweep
 from ortrefine.runtime.refine.result import Cost, Edit
 from ortrefine.runtime.refine.scorer import _Scorer
 from ortrefine.runtime.refine.state import _State
-
-# a prefix that ends a sentence or a line: where ending the output leaves it finished
-_ENDS_SENTENCE = re.compile(r"(?:[.!?][\"'”’)\]]*|\n)\s*$")
 
 if TYPE_CHECKING:
     from ortrefine.runtime.refine.config import RefineConfig
@@ -191,16 +188,17 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         return any(t.name == "guard" and t.weight > 0 for t in self.objective.terms)
 
     def _end_repair(self, state: _State, sweep: int, edits: list[Edit]) -> _State:
-        """Y* ended at each of its sentence ends, scored as one group; the best is kept if the full
-        J is higher. A loop's first turn or the sentence before an editor's remark is often a
-        clean, finished output, and the refiner's own proposals rarely put eos there."""
+        """Y* ended at each of its sentence ends, scored as one group (edits of kind "end"); the
+        best is kept if J is higher, also on the full pass. A loop's first turns or the sentence
+        before an editor's remark are often a clean, finished output, and the refiner's own
+        proposals rarely put eos there."""
         if not self._repairs_ends(state):
             return state
-        cands = [_Candidate(i, "substitute", [eos], state.ids[i], eos) for i, eos in self._sentence_ends(state)]
+        self.cost.end_repairs += 1
+        cands = [_Candidate(i, "end", [eos], state.ids[i], eos) for i, eos in self._sentence_ends(state)]
         if not cands:
             return state
         self.cost.candidates += len(cands)
-        self.cost.end_repairs += 1
         found = self._best_edit(state, sweep, cands)
         if found is None:
             return state
@@ -209,18 +207,17 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         return state
 
     def _sentence_ends(self, state: _State) -> list[tuple[int, int]]:
-        """(position, eos id) for each position i of Y whose prefix Y[:i] ends a sentence (., !,
-        ?, maybe closed by a quote or bracket) or a line; the eos id is the one the model finds
-        likeliest there."""
+        """(position, eos id) for each position i of Y whose prefix Y[:i] ends a sentence
+        (lexicon.ends_sentence); the eos id is the one the model finds likeliest there (row i of
+        state.dist is the distribution of the token at position i)."""
         tok, ids = self.lm.tokenizer, state.ids
         eos_ids = list(self.lm.eos_ids)
         out = []
         for i in range(1, len(ids)):
             if ids[i] in self.eos or ids[i - 1] in self.eos:
                 continue
-            if _ENDS_SENTENCE.search(tok.decode(ids[:i])):
-                best = max(eos_ids, key=lambda e: float(state.dist[i][e]))
-                out.append((i, best))
+            if ends_sentence(tok.decode(ids[:i])):
+                out.append((i, max(eos_ids, key=lambda e: float(state.dist[i][e]))))
         return out
 
     def _spent(self, t0: float) -> str | None:
