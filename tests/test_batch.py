@@ -87,8 +87,10 @@ def test_config_refuses_options_that_would_be_ignored():
     assert BatchConfig.from_dict({"task": "refine", "end_repair": False}).refine.end_repair is False
     with pytest.raises(ConfigError, match="end_repair must be true or false"):
         BatchConfig.from_dict({"task": "refine", "end_repair": "no"})
-    with pytest.raises(ConfigError, match="--end-repair does not apply to --task generate"):
+    with pytest.raises(ConfigError, match=r"--no-end-repair \(end_repair\) does not apply to --task generate"):
         BatchConfig.from_dict({"end_repair": False})
+    with pytest.raises(ConfigError, match=r"--no-prune \(prune\) does not apply"):
+        BatchConfig.from_dict({"prune": False})
 
 
 # -- on the tiny model ------------------------------------------------------------------------------
@@ -166,6 +168,10 @@ def test_cli_config_file_and_overrides(tmp_path, tiny_bundles):
     assert r.exit_code == 2 and "--workers only applies with --ray" in r.output
     r = CliRunner().invoke(cli, ["batch", str(inp), str(tmp_path / "p.jsonl"), "--mode", "keep"])
     assert r.exit_code == 2 and "--mode does not apply to --task generate" in r.output
+    for flag, key in (("--no-end-repair", "end_repair"), ("--no-prune", "prune")):  # the flag reaches the setting it negates
+        r = CliRunner().invoke(cli, ["batch", str(inp), str(tmp_path / "p.jsonl"), flag])
+        assert r.exit_code == 2 and f"{flag} ({key}) does not apply to --task generate" in r.output, r.output
+    assert not (tmp_path / "p.jsonl").exists()
 
 
 def test_kill_9_mid_job_then_resume_gives_every_record_once(tmp_path, tiny_bundles):

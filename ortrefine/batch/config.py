@@ -80,7 +80,7 @@ class BatchConfig:
         other = GENERATE_KEYS if task == "refine" else REFINE_KEYS
         wrong = sorted(set(opts) & other)
         if wrong:
-            raise ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to --task {task}; drop it or change the task")
+            raise ConfigError(f"{_flag(wrong[0])} does not apply to --task {task}; drop it or change the task")
         max_new = _int(opts.get("max_new_tokens", 32), "max-new-tokens")
         common = {k: opts[k] for k in ("model", "provider", "threads", "pin_threads", "hugepages", "chat", "system") if k in opts}
         batch_size = _int(opts.get("batch_size", 8), "batch-size")
@@ -104,6 +104,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be an object of settings, e.g. {{\"task\": \"refine\"}}")
     return data
+
+
+# settings whose command-line flag is the negation of the key (the key is what a config file names)
+_NEGATED_FLAGS = {"prune": "--no-prune", "end_repair": "--no-end-repair"}
+
+
+def _flag(key: str) -> str:
+    """The option a user typed for a setting: `--no-prune` for prune, so an error names a real flag."""
+    flag = _NEGATED_FLAGS.get(key)
+    return f"{flag} ({key})" if flag else f"--{key.replace('_', '-')}"
 
 
 def _int(value: Any, name: str) -> int:
