@@ -148,15 +148,18 @@ def is_verb_form(word: str) -> bool:
 
 
 # words whose full stop does not end a sentence
-_ABBREVIATIONS = frozenset("mr mrs ms dr st jr sr prof vs etc inc ltd co no fig eg ie approx dept est vol".split())
+_ABBREVIATIONS = frozenset("""mr mrs ms dr st jr sr prof vs etc inc ltd co no fig eg ie approx dept est vol mt ft ave blvd rd
+gen col lt sgt capt rev gov sen rep jan feb mar apr jun jul aug sep sept oct nov dec""".split())
 _CLOSERS = "\"'”’)]"
+_LAST_WORD = re.compile(r"[A-Za-z0-9'’-]*[A-Za-z][A-Za-z0-9'’-]*")
 
 
 def ends_sentence(text: str) -> bool:
     """Whether `text` ends a sentence right at its last character: `.`, `!` or `?`, maybe closed by
     a quote or bracket, with no whitespace after it. A full stop after a number ("1.", "3."), a
-    single letter or an initialism ("e.", "U.S."), an abbreviation ("Dr.") or an ellipsis does not
-    count: ending an output there would cut it mid-sentence."""
+    single letter other than "I" or an initialism ("e.", "U.S."), an abbreviation ("Dr.", "Jan.")
+    or an ellipsis does not count: ending an output there would cut it mid-sentence. Whether the
+    text went on inside the same word ("example.com") is the caller's to check."""
     if not text or text != text.rstrip():
         return False
     core = text.rstrip(_CLOSERS)
@@ -168,4 +171,6 @@ def ends_sentence(text: str) -> bool:
         return False
     last = core[:-1].split()[-1] if core[:-1].split() else ""
     last = last.strip("\"'“‘”’()[]")
-    return len(last) >= 2 and last.isalpha() and last.lower() not in _ABBREVIATIONS
+    if not _LAST_WORD.fullmatch(last):
+        return False
+    return (len(last) >= 2 or last == "I") and last.lower() not in _ABBREVIATIONS

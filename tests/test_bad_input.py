@@ -441,6 +441,10 @@ def test_initial_and_reference_text_are_text(tiny_bundles):
     (["refine", "x", "--objective", "coverage", "--keywords", "dog,!!!"], "has no letters or digits"),
     (["refine", "x", "--keywords", "dog,park", "--no-end-repair"], "--no-end-repair only applies when J has a guard term"),
     (["refine", "x", "--objective", "logprob", "--objective", "guard=0", "--no-end-repair"], "--no-end-repair only applies"),
+    # a malformed J is reported for itself, not as a reason to drop --no-end-repair
+    (["refine", "x", "--objective", "logprob", "--objective", "guard=nan", "--no-end-repair"], "weight must be a finite number"),
+    (["refine", "x", "--objective", "logprob:foo=1", "--no-end-repair"], "unknown option(s) 'foo'"),
+    (["refine", "x", "--objective", "guard=0", "--objective", "guard=0", "--no-end-repair"], "is given twice"),
 ])
 def test_ignored_or_empty_options_are_refused(llama, args, text):
     answered(invoke(*args[:2], "-m", llama, "--max-new-tokens", "3", *args[2:]), 2, text)

@@ -470,7 +470,7 @@ def _loops_and_sentence_ends(monkeypatch):
     import ortrefine.runtime.refine.loop as loop
 
     monkeypatch.setattr(tt, "is_degenerate", lambda text, prompt, keywords=(): not text or text.count("a") >= 2)
-    monkeypatch.setattr(loop, "ends_sentence", lambda text: bool(re.search(r"[bd]$", text)))
+    monkeypatch.setattr(loop, "_ends_at", lambda head, rest: bool(re.search(r"[bd]$", head)))
 
 
 def test_end_repair_ends_a_regrowing_loop_at_a_sentence_end(monkeypatch):
@@ -501,7 +501,7 @@ def test_end_repair_keeps_y_when_no_ending_is_clean(monkeypatch):
     from ortrefine.cli.refine_cmd import render
 
     _loops_and_sentence_ends(monkeypatch)
-    monkeypatch.setattr(loop, "ends_sentence", lambda text: text.endswith("aba"))
+    monkeypatch.setattr(loop, "_ends_at", lambda head, rest: head.endswith("aba"))
     r = refine(table_lm(LOOP_TABLE), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3))
     assert r.cost.end_repairs == 1 and r.final.text == r.initial.text == "dabababa" and not r.edits
     assert "no ending at one of its sentence ends raised J" in render(r, table_lm(LOOP_TABLE).tokenizer)
@@ -526,13 +526,33 @@ def test_end_repair_needs_a_guard_and_a_degenerate_output(monkeypatch):
     (" moon.", True), (" woods.\"", True), (" really?", True), ("Hi!", True), (" it.", True), (" (see above).", True),
     (" said \"yes.\"", True), (" moon.\n", False), (" moon. ", False), (" Dr.", False), (" 3.", False), (" 1.", False),
     (" e.", False), (" U.S.", False), (" below:\n", False), (" wait...", False), (".", False), (" a.", False), ("", False),
-    (" the price was 3", False)])
+    (" the price was 3", False), (" Neither do I.", True), (" so-called.", True), (" the 1990s.", True), (" I don't.", True),
+    (" on Jan.", False), (" We climbed Mt.", False)])
 def test_ends_sentence(text, ends):
     """Where the end repair may put eos: a finished sentence, never a number's or an abbreviation's
     full stop (ending " office of Dr." or " 3." cuts the output mid-sentence)."""
     from ortrefine.lexicon import ends_sentence
 
     assert ends_sentence(text) is ends
+
+
+def test_end_repair_never_ends_inside_a_word():
+    """"example." of "example.com" ends a sentence by its text alone; the token after it goes on
+    in the same word, so it is no place to end."""
+    from ortrefine.runtime.refine.loop import _ends_at
+
+    assert _ends_at(" Visit example.", "com") is False and _ends_at(" Visit example.", " today") is True
+    assert _ends_at(" It runs on Node.", "js") is False and _ends_at(" fly.", "\n\n") is True
+    assert _ends_at(" She said \"fly.", "\"") is False and _ends_at(" She said \"fly.\"", " Then") is True
+
+
+def test_end_repair_waits_for_no_budget_and_says_so(monkeypatch):
+    """A budget spent by the sweeps skips the end repair, and the stop reason names the budget
+    (the run did not end because the sweeps were done)."""
+    _loops_and_sentence_ends(monkeypatch)
+    r = refine(table_lm(LOOP_TABLE), "c", RefineConfig(objectives=["logprob", "guard=100.0"], max_new_tokens=8, top_k=3,
+                                                        budget_tokens=10))
+    assert r.cost.end_repairs == 0 and r.final.text.count("a") >= 2 and r.stop_reason == "budget-tokens"
 
 
 def test_end_repair_must_be_a_bool():

@@ -188,7 +188,7 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
         prune=not no_prune, end_repair=not no_end_repair, guide=False if no_guide else None, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
     )
-    if no_end_repair and not any(_spec(o).name == "guard" and _spec(o).weight > 0 for o in cfg.objectives):
+    if no_end_repair and not _has_guard(cfg.objectives):
         raise click.UsageError("--no-end-repair only applies when J has a guard term (the default J without --keywords, "
                                "or --objective guard=W); drop it")
     lm = load_lm(model, provider, threads)
@@ -203,10 +203,23 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
         click.echo(render(result, lm.tokenizer))
 
 
-def _spec(o: Any) -> Any:
-    from ortrefine.runtime.objectives import ObjectiveSpec
+def _has_guard(objectives: list[Any]) -> bool:
+    """Whether J has a guard of positive weight, or may have: where a term is malformed (an
+    unknown option, a weight that is not a finite number >= 0) the answer is yes, so the
+    objective's own, more precise error is the one the user sees."""
+    import math
 
-    return ObjectiveSpec.parse(o) if isinstance(o, str) else o
+    from ortrefine.runtime.objectives import ObjectiveSpec
+    from ortrefine.runtime.objectives.registry import term_class
+
+    specs = [ObjectiveSpec.parse(o) if isinstance(o, str) else o for o in objectives]
+    for sp in specs:
+        term_class(sp.name).check_options(sp.options)
+        if not (isinstance(sp.weight, (int, float)) and math.isfinite(sp.weight)) or (sp.weight < 0 and sp.name != "reward"):
+            return True
+    if len({sp.name for sp in specs}) < len(specs):
+        return True  # a term given twice: its own error says so
+    return any(sp.name == "guard" and sp.weight > 0 for sp in specs)
 
 
 def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str | None, edits: str) -> None:

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from ortrefine.runtime.session import LM
 
 
+def _ends_at(head: str, rest: str) -> bool:
+    """Whether an output may end after `head`, where its next token added `rest`: `head` ends a
+    sentence and `rest` starts a new word or line, not more of the same word."""
+    return ends_sentence(head) and rest[:1].isspace()
+
+
 class _Refiner(_Proposer, _Scorer, _RelaxSweep):
     """One refinement run (holds the LM, objective, prompt cache and cost counters)."""
 
@@ -175,8 +181,11 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
             if accepted == 0:
                 stop = "converged"
                 break
-        if self._spent(t0) is None:
+        spent = self._spent(t0)
+        if spent is None:
             state = self._end_repair(state, sweep, edits)
+        elif self._repairs_ends(state):
+            stop = spent  # the budget, not the sweeps, ended the run: it left no time for the end repair
         return first, state, edits, sweep, stop
 
     def _repairs_ends(self, state: _State) -> bool:
@@ -194,10 +203,10 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         proposals rarely put eos there."""
         if not self._repairs_ends(state):
             return state
-        self.cost.end_repairs += 1
         cands = [_Candidate(i, "end", [eos], state.ids[i], eos) for i, eos in self._sentence_ends(state)]
         if not cands:
             return state
+        self.cost.end_repairs += 1
         self.cost.candidates += len(cands)
         found = self._best_edit(state, sweep, cands)
         if found is None:
@@ -208,15 +217,17 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
 
     def _sentence_ends(self, state: _State) -> list[tuple[int, int]]:
         """(position, eos id) for each position i of Y whose prefix Y[:i] ends a sentence
-        (lexicon.ends_sentence); the eos id is the one the model finds likeliest there (row i of
-        state.dist is the distribution of the token at position i)."""
+        (lexicon.ends_sentence) and whose token i starts with whitespace, so the text did not go on
+        in the same word ("example." of "example.com", "Node." of "Node.js"); the eos id is the one
+        the model finds likeliest there (row i of state.dist is the distribution of token i)."""
         tok, ids = self.lm.tokenizer, state.ids
         eos_ids = list(self.lm.eos_ids)
         out = []
         for i in range(1, len(ids)):
             if ids[i] in self.eos or ids[i - 1] in self.eos:
                 continue
-            if ends_sentence(tok.decode(ids[:i])):
+            head = tok.decode(ids[:i])
+            if _ends_at(head, tok.decode(ids[: i + 1])[len(head):]):
                 out.append((i, max(eos_ids, key=lambda e: float(state.dist[i][e]))))
         return out
 
