@@ -150,7 +150,8 @@ def is_verb_form(word: str) -> bool:
 # words whose full stop does not end a sentence
 _ABBREVIATIONS = frozenset("""mr mrs ms dr st jr sr prof vs etc inc ltd co no fig eg ie approx dept est vol mt ft ave blvd rd
 gen col lt sgt capt rev gov sen rep jan feb mar apr jun jul aug sep sept oct nov dec""".split())
-_CLOSERS = "\"'”’)]"
+SENTENCE_ENDS = ".!?"
+CLOSERS = "\"'”’)]"  # what may close a sentence after its end mark
 _LAST_WORD = re.compile(r"[A-Za-z0-9'’-]*[A-Za-z][A-Za-z0-9'’-]*")
 
 
@@ -162,8 +163,8 @@ def ends_sentence(text: str) -> bool:
     text went on inside the same word ("example.com") is the caller's to check."""
     if not text or text != text.rstrip():
         return False
-    core = text.rstrip(_CLOSERS)
-    if not core or core[-1] not in ".!?":
+    core = text.rstrip(CLOSERS)
+    if not core or core[-1] not in SENTENCE_ENDS:
         return False
     if core[-1] != ".":
         return True

@@ -204,22 +204,11 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
 
 
 def _has_guard(objectives: list[Any]) -> bool:
-    """Whether J has a guard of positive weight, or may have: where a term is malformed (an
-    unknown option, a weight that is not a finite number >= 0) the answer is yes, so the
-    objective's own, more precise error is the one the user sees."""
-    import math
+    """Whether J has a guard of positive weight. J is checked first (check_specs), so a malformed
+    term is reported for itself rather than as a reason to drop --no-end-repair."""
+    from ortrefine.runtime.objectives import check_specs
 
-    from ortrefine.runtime.objectives import ObjectiveSpec
-    from ortrefine.runtime.objectives.registry import term_class
-
-    specs = [ObjectiveSpec.parse(o) if isinstance(o, str) else o for o in objectives]
-    for sp in specs:
-        term_class(sp.name).check_options(sp.options)
-        if not (isinstance(sp.weight, (int, float)) and math.isfinite(sp.weight)) or (sp.weight < 0 and sp.name != "reward"):
-            return True
-    if len({sp.name for sp in specs}) < len(specs):
-        return True  # a term given twice: its own error says so
-    return any(sp.name == "guard" and sp.weight > 0 for sp in specs)
+    return any(sp.name == "guard" and sp.weight > 0 for sp in check_specs(objectives))
 
 
 def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str | None, edits: str) -> None:

@@ -27,11 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ortrefine.errors import ConfigError
-from ortrefine.lexicon import FUNCTION_WORDS
+from ortrefine.lexicon import CLOSERS, FUNCTION_WORDS, SENTENCE_ENDS
 from ortrefine.runtime.keywords import covered, surface_forms
 from ortrefine.runtime.tokenizer import cached_on
 
-_ENDS = ".!?"
 _MIN_PIECE = 4  # letters a biased word-start piece needs (shorter forms must be whole)
 
 
@@ -95,7 +94,7 @@ def _build_vocab(tokenizer: Any, eos_ids: tuple[int, ...]) -> _Vocab:
 
 def _ends_sentence(token_text: str) -> bool:
     """A newline, or .!? possibly followed by closing quotes or brackets ('."', '!)')."""
-    return "\n" in token_text or token_text.rstrip().rstrip("\"'”’)]").endswith(tuple(_ENDS))
+    return "\n" in token_text or token_text.rstrip().rstrip(CLOSERS).endswith(tuple(SENTENCE_ENDS))
 
 
 class Guide:

@@ -69,13 +69,7 @@ class Term:
     value_option: ClassVar[str | None] = None  # the option "NAME=VALUE" sets instead of the weight
 
     def __init__(self, weight: float = 1.0, ctx: Context | None = None, **options: Any) -> None:
-        if not math.isfinite(weight):
-            raise ConfigError(f"objective {self.name!r}: weight must be a finite number, got {weight}")
-        if weight < 0 and not self.allows_negative_weight():
-            raise ConfigError(
-                f"objective {self.name!r}: a negative weight ({weight}) is meaningless here "
-                f"(it would reward what the term penalises); use a weight >= 0"
-            )
+        self.check_weight(weight)
         self.weight = weight
         self.ctx = ctx
         if options and not self.options:
@@ -93,7 +87,18 @@ class Term:
             known = ", ".join(sorted(cls.options)) or "none"
             raise ConfigError(f"objective {cls.name!r}: unknown option(s) {', '.join(map(repr, unknown))}; it takes: {known}")
 
-    def allows_negative_weight(self) -> bool:
+    @classmethod
+    def check_weight(cls, weight: float) -> None:
+        if not math.isfinite(weight):
+            raise ConfigError(f"objective {cls.name!r}: weight must be a finite number, got {weight}")
+        if weight < 0 and not cls.allows_negative_weight():
+            raise ConfigError(
+                f"objective {cls.name!r}: a negative weight ({weight}) is meaningless here "
+                f"(it would reward what the term penalises); use a weight >= 0"
+            )
+
+    @classmethod
+    def allows_negative_weight(cls) -> bool:
         return False
 
     def configure(self) -> None:

@@ -14,29 +14,55 @@ from ortrefine.runtime.objectives.registry import term_class
 from ortrefine.runtime.objectives.spec import ObjectiveSpec
 
 
-def build_term(spec: ObjectiveSpec, ctx: Context) -> Term:
-    """The term a spec names; options are checked before the weight so a misspelt option is what
-    the user hears about first."""
+def check_spec(spec: ObjectiveSpec) -> type[Term]:
+    """The term class a spec names, once its options and weight pass; options are checked before
+    the weight so a misspelt option is what the user hears about first."""
     cls = term_class(spec.name)
     cls.check_options(spec.options)
     weight = spec.weight
     if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
         raise ConfigError(f"objective {spec.name!r}: weight must be a finite number, got {weight!r}")
-    return cls(float(weight), ctx, **spec.options)
+    cls.check_weight(float(weight))
+    return cls
+
+
+def build_term(spec: ObjectiveSpec, ctx: Context) -> Term:
+    """The term a spec names, built on its context (some terms load a model here)."""
+    return check_spec(spec)(float(spec.weight), ctx, **spec.options)
+
+
+def _parsed(specs: Sequence[ObjectiveSpec | str]) -> list[ObjectiveSpec]:
+    if not specs:
+        raise ConfigError("at least one objective term is needed (e.g. --objective logprob)")
+    return [ObjectiveSpec.parse(s) if isinstance(s, str) else s for s in specs]
+
+
+def _check_once(name: str, names: list[str]) -> None:
+    # `evaluate` keys each term's values by name, so a second term of a name would take the first's entry
+    if name in names:
+        raise ConfigError(f"objective {name!r} is given twice; give each term once (add the weights up)")
+
+
+def check_specs(specs: Sequence[ObjectiveSpec | str]) -> list[ObjectiveSpec]:
+    """Every check of J that needs no context and loads no model (known terms, their options and
+    weights, each term once), in the order Objective makes them; the parsed specs."""
+    parsed = _parsed(specs)
+    names: list[str] = []
+    for spec in parsed:
+        check_spec(spec)
+        _check_once(spec.name, names)
+        names.append(spec.name)
+    return parsed
 
 
 class Objective:
     """The weighted sum; evaluates every term on a batch and bounds partial candidates."""
 
     def __init__(self, specs: Sequence[ObjectiveSpec | str], ctx: Context) -> None:
-        if not specs:
-            raise ConfigError("at least one objective term is needed (e.g. --objective logprob)")
         self.terms: list[Term] = []
-        for spec in (ObjectiveSpec.parse(s) if isinstance(s, str) else s for s in specs):
+        for spec in _parsed(specs):
             term = build_term(spec, ctx)
-            # `evaluate` keys each term's values by name, so a second term of a name would take the first's entry
-            if any(t.name == term.name for t in self.terms):
-                raise ConfigError(f"objective {spec.name!r} is given twice; give each term once (add the weights up)")
+            _check_once(term.name, [t.name for t in self.terms])
             self.terms.append(term)
         self.ctx = ctx
         self.needs_reference = any(t.needs_reference for t in self.terms)

@@ -33,7 +33,8 @@ class Reward(Term):
     max: float | None
     label: int
 
-    def allows_negative_weight(self) -> bool:
+    @classmethod
+    def allows_negative_weight(cls) -> bool:
         return True
 
     def configure(self) -> None:

@@ -222,12 +222,12 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         the model finds likeliest there (row i of state.dist is the distribution of token i)."""
         tok, ids = self.lm.tokenizer, state.ids
         eos_ids = list(self.lm.eos_ids)
+        heads = [tok.decode(ids[:i]) for i in range(len(ids) + 1)]  # heads[i]: the text of Y[:i]
         out = []
         for i in range(1, len(ids)):
             if ids[i] in self.eos or ids[i - 1] in self.eos:
                 continue
-            head = tok.decode(ids[:i])
-            if _ends_at(head, tok.decode(ids[: i + 1])[len(head):]):
+            if _ends_at(heads[i], heads[i + 1][len(heads[i]):]):
                 out.append((i, max(eos_ids, key=lambda e: float(state.dist[i][e]))))
         return out
 
