@@ -34,7 +34,19 @@ _META = re.compile(
     r"|\bin the context of (?:the|this|your) (?:original |given )?(?:story|narrative|text|sentence|passage|paragraph|prompt)\b"
     r"|\b(?:a|the|here is a|here's a) (?:revised|corrected) version\b"
     r"|^[ \t]*[-*] (?:Changed|Replaced|Added|Removed) [\"']"
-    r"|\bthis is a classic example of\b", re.I | re.M)
+    r"|\bthis is a classic example of\b"
+    # the analyst's voice: explaining the words just written ("In this example, the sentence is
+    # structured …", "The phrase "…" is an idiomatic expression", "The word "pet" has …")
+    r"|\bin this (?:example|sentence|passage|paragraph|phrase),"
+    r"|^[ \t]*in (?:this|the) (?:story|scenario|text|original|context),"
+    r"|\b(?:the|this|a) (?:phrase|word|term|expression|idiom|verb|noun|adjective)s? [\"\u201c][^\"\u201d\n]{1,200}[\"\u201d]"
+    r"|^[ \t]*(?:the|this) (?:phrase|idiom) (?:is|has|refers|means|can)\b"
+    r"|\b(?:idiomatic|metaphorical|figurative) (?:expression|phrase|language)\b"
+    r"|\bthe original meaning of (?:the|this) (?:word|phrase|term|sentence|expression)\b"
+    r"|\b(?:this|the) (?:sentence|paragraph) (?:has (?:a |an )?(?:grammatical|double negative|spelling|clear structure)"
+    r"|can be (?:rephrased|rewritten|improved|revised|simplified)|is structured)\b"
+    r"|\bthe (?:subject|object|verb|main verb) of the sentence\b"
+    r"|\bthis example (?:illustrates|shows|demonstrates)\b", re.I | re.M)
 # Prompts that ask for work on a text: there a remark about "the sentence" is the answer.
 _EDIT_ASKED = re.compile(r"\b(?:rewrite|re-write|revise|edit|improve|correct|fix|rephrase|proofread|polish"
                          r"|explain|analy[sz]e|interpret|summari[sz]e|paraphrase)\b", re.I)

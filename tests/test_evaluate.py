@@ -507,13 +507,34 @@ def test_meta_comment_flags_an_editors_remark_nobody_asked_for():
                    ".\n\nIn the context of your story, this could be a turning point.",
                    ".\n\nIn the context of the original passage, it's a metaphor."):
         assert m.text_report(remark, story).flags["meta_comment"], remark
+    # the analyst explaining the words just written, which refining under the guard drifted to
+    # once the editor's voice was caught
+    for remark in (".\n\nIn this example, the client is the one who makes the haircut.",
+                   " a bed of straw.\n\nIn this example, the sentence is structured in a passive voice.",
+                   ' sun.\n\nThe phrase "the sun is shining" is an idiomatic expression.',
+                   " mouth.\n\nThe phrase is a nod to the traditional Japanese practice.",
+                   " a scarf.\n\nIn this story, the scarf is a symbol of her heritage.",
+                   ' a cat.\n\nThe word \u201cpet\u201d has multiple meanings.',
+                   " party.\n\nThe sentence has a grammatical error.",
+                   " eating.\n\nThe sentence can be rephrased to make it more concise.",
+                   ' the air.\n\nIn the original, the sentence is: "She put her hand in the air."',
+                   ' down.\n\nThe original meaning of the phrase is "to put the baby down".',
+                   " the ground.\n\nThis example illustrates the concept of Occam's Razor.",
+                   ' teeth. The subject of the sentence is the man.',
+                   " the lane.\n\nIn this scenario, the traffic police are not just enforcing laws."):
+        assert m.text_report(remark, story).flags["meta_comment"], remark
     # a story's own sentences, versions and examples are not remarks about a text
     for plain in (" to the court, where the judge read out a sentence of ten years.",
                   ". The original version of the song was slower.",
                   ". The game is a classic example of a game of chance, and he lost.",
                   ". The passage is narrow and damp.", ". The passage contains a secret door.",
                   ", and the lawyer said the sentence is ten years in prison.", ". The teacher said the given answer was wrong.",
-                  " the original text of the letter.", ". To improve its battery life, lower the screen brightness."):
+                  " the original text of the letter.", ". To improve its battery life, lower the screen brightness.",
+                  ". He didn't know the word for it.", ". The word spread quickly through the village.",
+                  ". In this town, everyone knows each other.", ". In this case, the ball is lost.",
+                  ". She whispered the phrase again and again.", ". The first sentence of the letter was short.",
+                  ". In the story she told, the dog was a wolf.", ".\n\nThe expression on her face was grim.",
+                  ".\n\nThe phrase was carved above the door.", "\n\nThe term ended in June."):
         assert not m.text_report(plain, story).flags["meta_comment"], plain
     assert not m.text_report("This sentence is a question.", "Explain this sentence: why?").flags["meta_comment"]
     assert not m.text_report('The sentence "The ball was thrown by John" is in the passive voice.',
