@@ -46,7 +46,13 @@ _META = re.compile(
     r"|\b(?:this|the) (?:sentence|paragraph) (?:has (?:a |an )?(?:grammatical|double negative|spelling|clear structure)"
     r"|can be (?:rephrased|rewritten|improved|revised|simplified)|is structured)\b"
     r"|\bthe (?:subject|object|verb|main verb) of the sentence\b"
-    r"|\bthis example (?:illustrates|shows|demonstrates)\b", re.I | re.M)
+    r"|\bthis example (?:illustrates|shows|demonstrates)\b"
+    # ... and the critic's: the story just told filed under a genre or device
+    r"|^[ \t]*the (?:original|revised|corrected|rewritten)(?: (?:sentence|version|text|story))?:"
+    r"|\b(?:the|this) (?:story|tale|book|narrative)(?: of [^.\n]{1,80})? is (?:a |an )?(?:classic|perfect|great|good|prime) example of\b"
+    r"|\b(?:classic|common|familiar|well-known|popular) (?:trope|literary device|narrative device|plot device)\b"
+    r"|\btrope in (?:literature|fiction|storytelling)\b|\blateral thinking puzzle\b|\bnon sequitur\b"
+    r"|\b(?:the|this) sentence is (?:a |an )(?:metaphor|simile)\b", re.I | re.M)
 # Prompts that ask for work on a text: there a remark about "the sentence" is the answer.
 _EDIT_ASKED = re.compile(r"\b(?:rewrite|re-write|revise|edit|improve|correct|fix|rephrase|proofread|polish"
                          r"|explain|analy[sz]e|interpret|summari[sz]e|paraphrase)\b", re.I)

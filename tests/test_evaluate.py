@@ -521,7 +521,14 @@ def test_meta_comment_flags_an_editors_remark_nobody_asked_for():
                    ' down.\n\nThe original meaning of the phrase is "to put the baby down".',
                    " the ground.\n\nThis example illustrates the concept of Occam's Razor.",
                    ' teeth. The subject of the sentence is the man.',
-                   " the lane.\n\nIn this scenario, the traffic police are not just enforcing laws."):
+                   " the lane.\n\nIn this scenario, the traffic police are not just enforcing laws.",
+                   # the critic's: the story just told filed under a genre or device
+                   ' hair.\n\nThe original:\n\n"A man with a beard."\n\nThe revised:\n\n"A man."',
+                   " a bed.\n\nThe story of the boy and his mom is a classic trope in literature.",
+                   " a book.\n\nThe book is a classic example of a non sequitur.",
+                   " antics.\n\nThe story of the elephant's antics is a classic example of how a character acts.",
+                   " a fork.\n\nThis is a classic lateral thinking puzzle.",
+                   " a flower.\n\nThe sentence is a metaphor that uses a simple image."):
         assert m.text_report(remark, story).flags["meta_comment"], remark
     # a story's own sentences, versions and examples are not remarks about a text
     for plain in (" to the court, where the judge read out a sentence of ten years.",
@@ -534,7 +541,9 @@ def test_meta_comment_flags_an_editors_remark_nobody_asked_for():
                   ". In this town, everyone knows each other.", ". In this case, the ball is lost.",
                   ". She whispered the phrase again and again.", ". The first sentence of the letter was short.",
                   ". In the story she told, the dog was a wolf.", ".\n\nThe expression on her face was grim.",
-                  ".\n\nThe phrase was carved above the door.", "\n\nThe term ended in June."):
+                  ".\n\nThe phrase was carved above the door.", "\n\nThe term ended in June.",
+                  ". The original plan was to leave at dawn.", ". The story of the old mill was told by every child.",
+                  "\n\nThe original owner: Jack.", ". The book is heavy."):
         assert not m.text_report(plain, story).flags["meta_comment"], plain
     assert not m.text_report("This sentence is a question.", "Explain this sentence: why?").flags["meta_comment"]
     assert not m.text_report('The sentence "The ball was thrown by John" is in the passive voice.',
