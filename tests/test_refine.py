@@ -428,14 +428,15 @@ def test_guard_refuses_what_the_evaluation_calls_degenerate():
     story = "The dog ran across the street"
     texts = [" and barked at the mailman.", " and ran and ran and ran and ran and ran.", "",
              "\n\nIn the context of your story, the dog is a symbol.", " The dog ran across the street again.",
-             " bone, park, ball."]
+             " bone, park, ball.", ".\n\nIn this example, the sentence is structured in a passive voice.",
+             ".\n\nThe story of the dog is a classic trope in literature."]
     batch = Batch("p", [[1]] * len(texts), [np.zeros(1)] * len(texts), texts)
     ctx = Context(prompt=story, tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8)
     values = Guard(1.0, ctx).evaluate(batch).tolist()
-    assert values == [0.0, -1.0, -1.0, -1.0, -1.0, 0.0]
+    assert values == [0.0, -1.0, -1.0, -1.0, -1.0, 0.0, -1.0, -1.0]  # the analyst and the critic count too
     assert values == [-1.0 if text_report(t, story).degenerate else 0.0 for t in texts]  # one definition
     kw = Context(prompt="Use: bone, park, ball.", tokenizer=lm.tokenizer, eos_ids=(0,), max_len=8, keywords=("bone", "park", "ball"))
-    assert Guard(1.0, kw).evaluate(batch).tolist()[-1] == -1.0  # a keyword list only counts on the keyword task
+    assert Guard(1.0, kw).evaluate(batch).tolist()[5] == -1.0  # a keyword list only counts on the keyword task
     assert Guard(1.0, ctx).max_value() == 0.0
 
 
