@@ -36,22 +36,25 @@ _META = re.compile(
     r"|^[ \t]*[-*] (?:Changed|Replaced|Added|Removed) [\"']"
     r"|\bthis is a classic example of\b"
     # the analyst's voice: explaining the words just written ("In this example, the sentence is
-    # structured …", "The phrase "…" is an idiomatic expression", "The word "pet" has …")
+    # structured …", "The phrase "…" is an idiomatic expression", "The word "pet" has …"). A
+    # quoted word needs an explaining verb after it, so a story's shouted word or painted sign
+    # ("the words "No Entry" were painted") stays out.
     r"|\bin this (?:example|sentence|passage|paragraph|phrase),"
-    r"|^[ \t]*in (?:this|the) (?:story|scenario|text|original|context),"
-    r"|\b(?:the|this|a) (?:phrase|word|term|expression|idiom|verb|noun|adjective)s? [\"\u201c][^\"\u201d\n]{1,200}[\"\u201d]"
-    r"|^[ \t]*(?:the|this) (?:phrase|idiom) (?:is|has|refers|means|can)\b"
-    r"|\b(?:idiomatic|metaphorical|figurative) (?:expression|phrase|language)\b"
+    r"|^[ \t]*in this (?:story|scenario|text|context),|^[ \t]*in the original, the (?:sentence|phrase|text|word)\b"
+    r"|\b(?:the|this) (?:phrase|word|term|expression|idiom|verb|noun|adjective) [\"\u201c][^\"\u201d\n]{1,200}[\"\u201d],? "
+    r"(?:is an? |is often |has (?:multiple|several|many|two|a) |refers to|means|adds|conveys|comes from|can be used)"
+    r"|^[ \t]*(?:the|this) (?:phrase|idiom) (?:is an?|is often|refers|means)\b"
+    r"|\b(?:idiomatic|metaphorical) expression\b"
     r"|\bthe original meaning of (?:the|this) (?:word|phrase|term|sentence|expression)\b"
     r"|\b(?:this|the) (?:sentence|paragraph) (?:has (?:a |an )?(?:grammatical|double negative|spelling|clear structure)"
     r"|can be (?:rephrased|rewritten|improved|revised|simplified)|is structured)\b"
-    r"|\bthe (?:subject|object|verb|main verb) of the sentence\b"
+    r"|\bis the (?:subject|object) of the sentence\b|\bthe (?:subject|object|verb|main verb) of the sentence is\b"
     r"|\bthis example (?:illustrates|shows|demonstrates)\b"
     # ... and the critic's: the story just told filed under a genre or device
-    r"|^[ \t]*the (?:original|revised|corrected|rewritten)(?: (?:sentence|version|text|story))?:"
-    r"|\b(?:the|this) (?:story|tale|book|narrative)(?: of [^.\n]{1,80})? is (?:a |an )?(?:classic|perfect|great|good|prime) example of\b"
-    r"|\b(?:classic|common|familiar|well-known|popular) (?:trope|literary device|narrative device|plot device)\b"
-    r"|\btrope in (?:literature|fiction|storytelling)\b|\blateral thinking puzzle\b|\bnon sequitur\b"
+    r"|^[ \t]*the (?:original|revised|corrected|rewritten)(?: (?:sentence|version|text|story))?:[ \t]*(?:\n|[\"\u201c])"
+    r"|\b(?:the|this) (?:story|tale|book|narrative)(?: of [^.\n]{1,80})? is (?:a |an )?classic example of\b"
+    r"|\b(?:classic|common) trope\b|\btrope in (?:literature|fiction|storytelling)\b"
+    r"|\bclassic lateral thinking puzzle\b|\bexample of a (?:\"?lateral thinking puzzle|non sequitur|literary device)\b"
     r"|\b(?:the|this) sentence is (?:a |an )(?:metaphor|simile)\b", re.I | re.M)
 # Prompts that ask for work on a text: there a remark about "the sentence" is the answer.
 _EDIT_ASKED = re.compile(r"\b(?:rewrite|re-write|revise|edit|improve|correct|fix|rephrase|proofread|polish"

@@ -543,7 +543,17 @@ def test_meta_comment_flags_an_editors_remark_nobody_asked_for():
                   ". In the story she told, the dog was a wolf.", ".\n\nThe expression on her face was grim.",
                   ".\n\nThe phrase was carved above the door.", "\n\nThe term ended in June.",
                   ". The original plan was to leave at dawn.", ". The story of the old mill was told by every child.",
-                  "\n\nThe original owner: Jack.", ". The book is heavy."):
+                  "\n\nThe original owner: Jack.", ". The book is heavy.",
+                  # a story's own words, signs and reviews (a reviewer's drill)
+                  ' and shouted the word "Freedom!" at the crowd.', '. The words "No Entry" were painted on the door.',
+                  ' and repeated the word "hello" until she smiled.', '. The term "essential worker" is defined broadly.',
+                  ". The story of Apollo 13 is a great example of teamwork.", ". This book is a perfect example of how summer feels.",
+                  ". Critics called the twist a classic plot device.", ". The well-known trope of the silent genius returns.",
+                  " and would learn about figurative language.", " and find the subject of the sentence on the board.",
+                  ". It was a complete non sequitur, and everyone laughed.", " and posed a lateral thinking puzzle to the class.",
+                  "\n\nThe phrase has stuck with me ever since.", "\n\nIn the story, she was always late.",
+                  "\n\nIn the original, the painting hung in the hall.", "\n\nThe original version: a plain wooden box.",
+                  "\n\nThe revised: less sugar this year."):
         assert not m.text_report(plain, story).flags["meta_comment"], plain
     assert not m.text_report("This sentence is a question.", "Explain this sentence: why?").flags["meta_comment"]
     assert not m.text_report('The sentence "The ball was thrown by John" is in the passive voice.',
