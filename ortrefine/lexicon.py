@@ -170,8 +170,8 @@ def ends_sentence(text: str) -> bool:
         return True
     if core.endswith("..") or core.endswith("…."):
         return False
-    last = core[:-1].split()[-1] if core[:-1].split() else ""
-    last = last.strip("\"'“‘”’()[]")
+    before = core[:-1].split()
+    last = before[-1].strip("\"'“‘”’()[]") if before else ""
     if not _LAST_WORD.fullmatch(last):
         return False
     return (len(last) >= 2 or last == "I") and last.lower() not in _ABBREVIATIONS

@@ -206,9 +206,9 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
 def _has_guard(objectives: list[Any]) -> bool:
     """Whether J has a guard of positive weight. J is checked first (check_specs), so a malformed
     term is reported for itself rather than as a reason to drop --no-end-repair."""
-    from ortrefine.runtime.objectives import check_specs
+    from ortrefine.runtime.objectives import check_specs, has_guard
 
-    return any(sp.name == "guard" and sp.weight > 0 for sp in check_specs(objectives))
+    return has_guard(check_specs(objectives))
 
 
 def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str | None, edits: str) -> None:

@@ -24,10 +24,10 @@ from ortrefine.runtime.objectives.reward import Reward
 from ortrefine.runtime.objectives.contrastive import Contrastive
 from ortrefine.runtime.objectives.judge_term import Judge
 from ortrefine.runtime.objectives.spec import ObjectiveSpec
-from ortrefine.runtime.objectives.objective import Objective, build_term, check_specs
+from ortrefine.runtime.objectives.objective import Objective, build_term, check_specs, has_guard
 
 __all__ = [
     "Batch", "Context", "Term", "Option", "opt_bool", "opt_float", "opt_int", "TERMS", "register", "term_class",
     "STOPWORDS", "content_words", "LogProb", "MeanLogProb", "Reference", "Coverage", "Echo", "Finish", "Guard", "Length", "Meta", "Repetition", "Reward", "Contrastive", "Judge",
-    "ObjectiveSpec", "Objective", "build_term", "check_specs",
+    "ObjectiveSpec", "Objective", "build_term", "check_specs", "has_guard",
 ]

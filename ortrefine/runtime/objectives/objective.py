@@ -55,6 +55,12 @@ def check_specs(specs: Sequence[ObjectiveSpec | str]) -> list[ObjectiveSpec]:
     return parsed
 
 
+def has_guard(terms: Sequence[Term | ObjectiveSpec]) -> bool:
+    """Whether J holds a guard of positive weight (built terms or checked specs): the end repair
+    runs only then, and `refine --no-end-repair` means something only then."""
+    return any(t.name == "guard" and t.weight > 0 for t in terms)
+
+
 class Objective:
     """The weighted sum; evaluates every term on a batch and bounds partial candidates."""
 

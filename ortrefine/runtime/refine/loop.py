@@ -18,7 +18,7 @@ from ortrefine.lexicon import ends_sentence
 from ortrefine.runtime.decoding import GenerationConfig, generate
 from ortrefine.runtime.guide import Guide, guided_decode
 from ortrefine.runtime.logprobs import gather_logprobs
-from ortrefine.runtime.objectives import Batch, Context, Objective
+from ortrefine.runtime.objectives import Batch, Context, Objective, has_guard
 from ortrefine.runtime.refine.orders import ORDERS
 from ortrefine.runtime.refine.proposals import _Candidate, _Proposer
 from ortrefine.runtime.refine.relax_sweep import _RelaxSweep
@@ -194,7 +194,7 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         regrows, because every suffix starts from the same seed), and J holds a guard to say so."""
         if not self.cfg.end_repair or state.parts.get("guard", 0.0) >= 0:
             return False
-        return any(t.name == "guard" and t.weight > 0 for t in self.objective.terms)
+        return has_guard(self.objective.terms)
 
     def _end_repair(self, state: _State, sweep: int, edits: list[Edit]) -> _State:
         """Y* ended at each of its sentence ends, scored as one group (edits of kind "end"); the
