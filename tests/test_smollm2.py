@@ -107,3 +107,20 @@ def test_the_end_repair_ends_a_loop_the_sweep_regrows(smol_lm):
     assert not is_degenerate(on.final.text, prompt) and on.objective_after["guard"] == 0.0
     assert on.final.ids[-1] in smol_lm.eos_ids and on.edits[-1].kind == "end" and on.cost.end_repairs == 1
     assert off.final.text.startswith(on.final.text) and on.final.text.endswith(".") and len(on.final.text.split()) >= 3
+
+
+def test_a_keyword_chat_prompt_is_refined_after_the_answered_examples(smol_lm):
+    """The default keyword refine reads the prompt after the answered example turns, and still
+    puts every concept into one real sentence; --no-examples gives the plain chat prompt."""
+    from ortrefine import RefineConfig, refine
+    from ortrefine.lexicon import covered_keywords, is_keyword_list
+    from ortrefine.runtime.examples import default_examples
+
+    prompt, kw = "Write one sentence that uses all of these words: accept, award, stage, walk.", ("accept", "award", "stage", "walk")
+    r = refine(smol_lm, prompt, RefineConfig(chat=True, keywords=kw))
+    shown = smol_lm.tokenizer.decode(r.prompt_ids)
+    assert all(answer in shown for _, answer in default_examples()) and shown.rstrip().endswith("assistant")
+    assert sorted(covered_keywords(r.final.text, kw)) == sorted(kw) and not is_keyword_list(r.final.text, kw)
+    assert r.final.text.count(".") == 1 and r.final.text.endswith(".")
+    plain = refine(smol_lm, prompt, RefineConfig(chat=True, keywords=kw, examples=False))
+    assert plain.prompt_ids == smol_lm.tokenizer.encode(prompt, chat=True)

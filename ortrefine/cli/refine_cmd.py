@@ -165,6 +165,8 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.option("--budget-seconds", type=FiniteFloat(), default=None, help="Stop once this much wall time is spent (seconds > 0).")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Stop once this many tokens were scored.")
 @click.option("--no-guide", is_flag=True, help="With --keywords: decode Y⁰ and every regenerated suffix without steering them toward the missing keywords.")
+@click.option("--no-examples", is_flag=True,
+              help="With --keywords and --chat: leave out the three answered keyword turns put before the prompt (ortrefine/runtime/examples.py).")
 @click.option("--no-end-repair", is_flag=True,
               help="Leave Y* as the sweeps left it where the guard term still calls it degenerate (by default it may be ended at one of its sentence ends).")
 @click.option("--no-prune", is_flag=True, help="Score every candidate to the end (for measuring what pruning saves).")
@@ -174,7 +176,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.pass_context
 @domain_errors
 def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: int | None, as_json: bool, top_k: int | None,
-           keywords: str | None, edits: str, initial_strategy: str, no_prune: bool, no_guide: bool, no_end_repair: bool, relax_steps: int, relax_lr: float,
+           keywords: str | None, edits: str, initial_strategy: str, no_prune: bool, no_guide: bool, no_examples: bool, no_end_repair: bool, relax_steps: int, relax_lr: float,
            relax_method: str, **kw: Any) -> None:
     """Decode PROMPT's output, then improve it against the objective (PROMPT `-`: read it from standard input)."""
     from ortrefine.runtime.decoding import GenerationConfig
@@ -186,7 +188,8 @@ def refine(ctx: click.Context, prompt: str, model: str, provider: str, threads: 
     cfg = RefineConfig(
         objectives=objectives, keywords=_csv(keywords), top_k=top_k, edits=_csv(edits),
         initial_strategy=GenerationConfig(strategy=initial_strategy, max_new_tokens=kw["max_new_tokens"]),
-        prune=not no_prune, end_repair=not no_end_repair, guide=False if no_guide else None, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
+        prune=not no_prune, end_repair=not no_end_repair, guide=False if no_guide else None,
+        examples=False if no_examples else None, relax=RelaxConfig(steps=relax_steps, lr=relax_lr, method=relax_method), **kw,
     )
     if no_end_repair and not _has_guard(cfg.objectives):
         raise click.UsageError("--no-end-repair only applies when J has a guard term (the default J without --keywords, "
@@ -223,6 +226,7 @@ def check_refine_options(ctx: click.Context, kw: dict[str, Any], keywords: str |
     only_with(ctx, ("draft",), "--mode regenerate", kw["mode"] == "regenerate")
     only_with(ctx, ("no_guide",), "--keywords in --mode regenerate (the guide is on only there)",
               keywords is not None and kw["mode"] == "regenerate")
+    only_with(ctx, ("no_examples",), "--keywords and --chat (the examples are keyword chat turns)", keywords is not None and kw["chat"])
     only_with(ctx, ("initial_strategy",), "no --initial (it decodes Y⁰; --initial gives it)", kw["initial"] is None)
     if keywords is not None and not _csv(keywords):
         raise click.BadParameter("names no keyword; give comma-separated words, e.g. --keywords dog,frisbee,park",

@@ -110,7 +110,7 @@ def read_items(path: str | Path) -> list[EvalItem]:
 
 # -- systems --------------------------------------------------------------------------------------
 STRATEGIES = ("greedy", "beam", "sample", "refine", "reference")
-_GENERATION_KEYS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "num_beams", "length_penalty", "early_stopping", "stop"}
+_GENERATION_KEYS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "num_beams", "length_penalty", "early_stopping", "stop", "examples"}
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,11 @@ class System:
         reference (no decoding: each prompt's first human reference, scored like any output, so
         the judge's verdict on a system can be set beside its verdict on what a person wrote).
     options: for greedy/beam/sample, GenerationConfig fields (num_beams, temperature, top_k,
-        top_p, seed, ...); for refine, RefineConfig fields (objectives, top_k, sweeps, mode,
-        budget_seconds, ...) plus "initial_strategy": a strategy name or a table of
-        GenerationConfig fields for Y⁰.
+        top_p, seed, ...), and "examples": true (or a count) to put the answered keyword turns
+        (runtime/examples.py) before a keyword chat prompt, as refine does by default, so that
+        what the examples do alone can be told from what the search does; for refine,
+        RefineConfig fields (objectives, top_k, sweeps, mode, budget_seconds, examples, ...) plus
+        "initial_strategy": a strategy name or a table of GenerationConfig fields for Y⁰.
     """
 
     name: str
@@ -134,9 +136,19 @@ class System:
         from ortrefine.runtime.decoding import GenerationConfig
 
         opts = {"max_new_tokens": max_new_tokens, **self.options}
+        opts.pop("examples", None)  # a prompt setting, applied by example_turns
         if self.strategy in ("greedy", "sample", "beam"):
             opts["strategy"] = self.strategy
         return GenerationConfig(**opts)
+
+    def example_turns(self, item: EvalItem) -> tuple[tuple[str, str], ...]:
+        """The answered turns a generation system puts before this item's prompt (none unless
+        the system asks for them and the item is a keyword chat prompt)."""
+        from ortrefine.runtime.examples import KEYWORD_EXAMPLES, DEFAULT_EXAMPLE_COUNT
+
+        n = self.options.get("examples", False)
+        n = DEFAULT_EXAMPLE_COUNT if n is True else int(n)
+        return KEYWORD_EXAMPLES[:n] if item.keywords and item.chat else ()
 
     def refine_config(self, max_new_tokens: int, item: EvalItem | None = None):
         from ortrefine.runtime.decoding import GenerationConfig
@@ -155,8 +167,11 @@ class System:
             opts["chat"] = item.chat
             if item.keywords:
                 opts["keywords"] = item.keywords
-            else:
-                opts.pop("guide", None)  # a system's guide settings are for its keyword prompts
+            else:  # a system's guide and examples settings are for its keyword prompts
+                opts.pop("guide", None)
+                opts.pop("examples", None)
+            if not item.chat:
+                opts.pop("examples", None)  # they are chat turns
             # references are what chrF judges against: J sees one only where the task is to match it
             if item.kind == "reference" and item.references and "reference" not in opts:
                 opts["reference"] = item.references[0]
@@ -218,8 +233,14 @@ def parse_system(d: Any, where: str) -> System:
     if unknown:
         raise ConfigError(f"{where}: system {name!r} ({strategy}): unknown option(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(allowed)) or 'none'}")
-    if strategy == "greedy" and options.keys() - {"max_new_tokens", "stop"}:
-        raise ConfigError(f"{where}: system {name!r}: greedy takes only max_new_tokens and stop")
+    if strategy == "greedy" and options.keys() - {"max_new_tokens", "stop", "examples"}:
+        raise ConfigError(f"{where}: system {name!r}: greedy takes only max_new_tokens, stop and examples")
+    if strategy != "refine" and "examples" in options:
+        from ortrefine.runtime.examples import KEYWORD_EXAMPLES
+
+        e = options["examples"]
+        if not (isinstance(e, bool) or (isinstance(e, int) and 0 <= e <= len(KEYWORD_EXAMPLES))):
+            raise ConfigError(f"{where}: system {name!r}: examples must be true, false or a count from 0 to {len(KEYWORD_EXAMPLES)}")
     if "objectives" in options:
         obj = options["objectives"]
         if isinstance(obj, str):

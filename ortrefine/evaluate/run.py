@@ -96,7 +96,10 @@ def _decode(lm: Any, item: EvalItem, system: System, max_new_tokens: int) -> tup
         return r.final.text, list(r.final.ids), float(sum(r.final.token_logprobs)), extra
     from ortrefine.runtime.decoding import generate
 
-    g = generate(lm, item.prompt, system.generation_config(max_new_tokens), chat=item.chat)
+    gen = system.generation_config(max_new_tokens)
+    turns = system.example_turns(item)
+    ids = lm.encode_prompt(item.prompt, chat=item.chat, max_new_tokens=gen.max_new_tokens, **({"examples": turns} if turns else {}))
+    g = generate(lm, ids, gen)
     return g.text, list(g.ids), g.logprob, {"finish_reason": g.finish_reason}
 
 

@@ -142,9 +142,10 @@ class TextTokenizer:
         """The rendered conversation as text (what the template writes, control tokens included)."""
         return render_chat(self._template(), self._messages(user, system), self.special, self.origin)
 
-    def encode_chat(self, user: str, system: str | None = None) -> list[int]:
-        """Ids of a [system,] user conversation (the CLI's `--chat`); see encode_messages."""
-        return self.encode_messages(self._messages(user, system))
+    def encode_chat(self, user: str, system: str | None = None, examples: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """Ids of a [system,] [examples,] user conversation (the CLI's `--chat`); see encode_messages.
+        examples: (user, assistant) turns placed before the user's (runtime/examples.py)."""
+        return self.encode_messages(self._messages(user, system, examples))
 
     def encode_messages(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Ids of the rendered conversation; control tokens only where the template writes them.
@@ -197,11 +198,12 @@ class TextTokenizer:
         return self.chat_template
 
     @staticmethod
-    def _messages(user: str, system: str | None) -> list[dict[str, str]]:
+    def _messages(user: str, system: str | None, examples: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
         check_text(user, "the prompt")
         if system is not None:
             check_text(system, "the system message")
-        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        turns = [{"role": role, "content": text} for pair in examples for role, text in zip(("user", "assistant"), pair)]
+        return ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": user}]
 
     def encode_plain(self, text: str) -> list[int]:
         """Ids of a text fragment with no special tokens added (continuations, keywords, references,

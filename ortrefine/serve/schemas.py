@@ -307,7 +307,7 @@ REFINE_FIELDS = {
     "budget_tokens": ("int", "budget_tokens"), "prune": ("bool", "prune"), "draft": ("int", "draft"), "screen": ("int", "screen"),
     "screen_keep": ("int", "screen_keep"), "max_tokens": ("int", "max_new_tokens"), "max_new_tokens": ("int", "max_new_tokens"),
     "system": ("str", "system"), "initial_strategy": ("str", "initial_strategy"), "guide": ("bool", "guide"),
-    "end_repair": ("bool", "end_repair"),
+    "examples": ("bool", "examples"), "end_repair": ("bool", "end_repair"),
 }
 MAX_REFINE_TOP_K = 64
 MAX_REFINE_SWEEPS = 16

@@ -23,6 +23,19 @@ def _output(lm: LM, state: _State) -> Output:
     return Output(lm.tokenizer.decode(state.ids), list(state.ids), [float(x) for x in state.lp])
 
 
+def _encode(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig) -> list[int]:
+    """The prompt's ids as J reads them: with the answered keyword turns first where cfg puts them
+    in (a text prompt only: ids are taken as they are). The examples are an aid, not the user's
+    input, so where they leave no room in the model's context they are left out, not the prompt
+    refused."""
+    if cfg.example_turns and isinstance(prompt, str) and prompt.strip():
+        ids = lm.tokenizer.encode_chat(prompt, cfg.system, cfg.example_turns)
+        if len(ids) + cfg.max_new_tokens <= lm.bundle.context_length:
+            return lm.encode_prompt(ids, max_new_tokens=cfg.max_new_tokens)
+        log.info("the keyword examples leave no room for %d new tokens in the context: refining without them", cfg.max_new_tokens)
+    return lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
+
+
 def refine(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig | None = None) -> RefineResult:
     """Decode Y⁰ (or take cfg.initial) and improve it by coordinate descent on J."""
     cfg = cfg or RefineConfig()
@@ -35,7 +48,7 @@ def refine(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig | None = None)
         cfg = replace(cfg, max_rows=1)
     t_start = time.perf_counter()
     r = _Refiner(lm, prompt if isinstance(prompt, str) else lm.tokenizer.decode(prompt), cfg)
-    prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
+    prompt_ids = _encode(lm, prompt, cfg)
     before = lm.forward_tokens
     y0 = r.initial_output(prompt_ids)
     r.cost.initial_forward_tokens = lm.forward_tokens - before
@@ -66,7 +79,7 @@ def evaluate_objective(lm: LM, prompt: str, output_ids: Sequence[int], cfg: Refi
     initial_len: |Y⁰| of the refinement the output came from, which the length term measures
     against (default: the output's own length, which makes that term 0)."""
     r = _Refiner(lm, prompt, cfg)
-    prompt_ids = lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
+    prompt_ids = _encode(lm, prompt, cfg)
     r.build_context(prompt, len(output_ids) if initial_len is None else initial_len, prompt_ids)
     r.start(prompt_ids)
     state = r.build_state(list(output_ids))

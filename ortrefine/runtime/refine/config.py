@@ -10,6 +10,7 @@ import numpy as np
 
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.decoding import GenerationConfig
+from ortrefine.runtime.examples import KEYWORD_EXAMPLES, default_examples
 from ortrefine.runtime.guide import GuideConfig
 from ortrefine.runtime.objectives import ObjectiveSpec
 from ortrefine.runtime.refine.orders import ORDERS
@@ -103,6 +104,11 @@ class RefineConfig:
         GuideConfig (or its fields as a dict) sets its strengths. J is unchanged: the guide only
         picks tokens. guide_config: what it resolves to (None: off); the refiner reads this, so
         `dataclasses.replace` keeps an explicit False.
+    examples: answered keyword turns before the prompt (runtime/examples.py), for Y⁰ and for
+        J's log-probs alike: None puts them in when keywords are given to a chat prompt, False
+        leaves them out, True insists (keywords and chat needed), a count takes the first N
+        (the default is the first DEFAULT_EXAMPLE_COUNT).
+        example_turns: what it resolves to (empty: none).
     """
 
     objectives: list[ObjectiveSpec | str] | None = None
@@ -136,6 +142,8 @@ class RefineConfig:
     initial_strategy: GenerationConfig | None = None
     guide: GuideConfig | bool | dict | None = None
     guide_config: GuideConfig | None = field(init=False, default=None)  # what `guide` resolves to
+    examples: bool | int | None = None
+    example_turns: tuple[tuple[str, str], ...] = field(init=False, default=())  # what `examples` resolves to
 
     def __post_init__(self) -> None:
         self.mode = str(self.mode).lower()
@@ -149,6 +157,7 @@ class RefineConfig:
         self._check_numbers()
         self._check_inputs()
         self.guide_config = self._resolved_guide()
+        self.example_turns = self._resolved_examples()
         if self.objectives is None or isinstance(self.objectives, _DerivedObjectives):
             # derived, not given: derived again from this config's inputs, so that
             # `dataclasses.replace(cfg, keywords=...)` (batch records, compare prompts) gets the keyword J
@@ -224,6 +233,22 @@ class RefineConfig:
         if self.mode != "regenerate":
             raise ConfigError("the keyword guide steers regenerated suffixes, and mode keep regenerates none; use mode regenerate")
         return g
+
+    def _resolved_examples(self) -> tuple[tuple[str, str], ...]:
+        """The worked keyword turns, or none. They are chat turns showing the keyword task, so
+        they need both a chat prompt and keywords."""
+        e = self.examples
+        if e is None:
+            return default_examples() if self.keywords and self.chat else ()
+        if isinstance(e, (bool, np.bool_)):
+            e = len(default_examples()) if e else 0
+        if not isinstance(e, (int, np.integer)) or not 0 <= e <= len(KEYWORD_EXAMPLES):
+            raise ConfigError(f"examples must be true, false or a count from 0 to {len(KEYWORD_EXAMPLES)}, got {e!r}")
+        if not e:
+            return ()
+        if not (self.keywords and self.chat):
+            raise ConfigError("the worked keyword examples are chat turns for the keyword task: they need --chat and --keywords")
+        return KEYWORD_EXAMPLES[:e]
 
     def _with_task_terms(self, objectives: list[ObjectiveSpec | str]) -> list[ObjectiveSpec | str]:
         names = {_term_name(o) for o in objectives}
