@@ -40,7 +40,7 @@ def test_a_count_takes_the_first_examples():
 
 @pytest.mark.parametrize("kw", [dict(keywords=("dog",), examples=True), dict(chat=True, examples=True)])
 def test_asking_for_the_examples_where_they_cannot_apply_is_an_error(kw):
-    with pytest.raises(ConfigError, match="need --chat and --keywords"):
+    with pytest.raises(ConfigError, match="need a chat prompt and keywords"):
         RefineConfig(**kw)
     for bad in ("yes", -1, len(KEYWORD_EXAMPLES) + 1):
         with pytest.raises(ConfigError, match="true, false or a count"):
@@ -141,3 +141,31 @@ def test_examples_that_do_not_fit_the_context_are_left_out_not_the_prompt_refuse
     assert len(full) + 4 > lm.bundle.context_length  # the premise: the real examples overflow this model
     r = refine(lm, prompt, RefineConfig(chat=True, keywords=("dog", "park"), max_new_tokens=4, screen=0))
     assert r.prompt_ids == lm.tokenizer.encode(prompt, chat=True)
+    assert r.config["examples"] is False and not r.config["example_turns"]  # the result says what J read
+    # so does an eval greedy system that asks for them
+    from ortrefine.evaluate.run import _decode
+
+    greedy = parse_system({"name": "g", "strategy": "greedy", "examples": True}, "s")
+    text, ids, _, _ = _decode(lm, EvalItem("a", "keywords", prompt, keywords=("dog", "park")), greedy, 4)
+    assert text == lm.generate(lm.tokenizer.encode(prompt, chat=True), max_new_tokens=4).text
+
+
+def test_a_prompt_given_as_ids_records_that_it_had_no_examples(tiny_bundles, monkeypatch):
+    import ortrefine
+    from ortrefine.runtime.refine import evaluate_objective, refine
+
+    monkeypatch.setattr("ortrefine.runtime.refine.config.default_examples", lambda: SHORT)
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    prompt = "Write one sentence that uses all of these words: dog, park."
+    cfg = RefineConfig(chat=True, keywords=("dog", "park"), max_new_tokens=4, screen=0)
+    r = refine(lm, lm.tokenizer.encode(prompt, chat=True), cfg)
+    assert r.config["examples"] is False and r.prompt_ids == lm.tokenizer.encode(prompt, chat=True)
+    again = evaluate_objective(lm, prompt, r.final.ids, replace(cfg, examples=r.config["examples"]), initial_len=len(r.initial.ids))
+    assert again["total"] == pytest.approx(r.objective_after["total"], abs=1e-3)
+
+
+def test_a_batch_job_can_leave_the_examples_out():
+    from ortrefine.batch.config import BatchConfig
+
+    job = BatchConfig.from_dict({"task": "refine", "chat": True, "examples": False})
+    assert replace(job.refine, keywords=("dog",)).example_turns == ()

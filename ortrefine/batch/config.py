@@ -20,7 +20,7 @@ SAMPLING_KEYS = {"temperature", "top_p", "top_k", "seed"}
 BEAM_KEYS = {"num_beams", "length_penalty", "early_stopping"}
 REFINE_KEYS = {"objectives", "keywords", "reference", "mode", "sweeps", "positions_per_batch", "order", "edits", "budget_seconds",
                "budget_tokens", "initial_strategy", "tol", "min_prob", "screen", "screen_keep", "draft", "prune", "proposal",
-               "optimizer", "end_repair"}
+               "optimizer", "end_repair", "examples"}
 ALIASES = {"objective": "objectives", "max_tokens": "max_new_tokens"}
 # fields a record may set for itself (the rest of the settings are the job's)
 RECORD_FIELDS = {"id", "prompt", "system", "initial", "keywords", "reference"}

@@ -166,7 +166,7 @@ def _keyword_objectives() -> tuple[str, ...]:
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Stop once this many tokens were scored.")
 @click.option("--no-guide", is_flag=True, help="With --keywords: decode Y⁰ and every regenerated suffix without steering them toward the missing keywords.")
 @click.option("--no-examples", is_flag=True,
-              help="With --keywords and --chat: leave out the three answered keyword turns put before the prompt (ortrefine/runtime/examples.py).")
+              help="With --keywords and --chat: leave out the two answered example turns of the keyword task put before the prompt.")
 @click.option("--no-end-repair", is_flag=True,
               help="Leave Y* as the sweeps left it where the guard term still calls it degenerate (by default it may be ended at one of its sentence ends).")
 @click.option("--no-prune", is_flag=True, help="Score every candidate to the end (for measuring what pruning saves).")

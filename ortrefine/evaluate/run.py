@@ -97,8 +97,9 @@ def _decode(lm: Any, item: EvalItem, system: System, max_new_tokens: int) -> tup
     from ortrefine.runtime.decoding import generate
 
     gen = system.generation_config(max_new_tokens)
-    turns = system.example_turns(item)
-    ids = lm.encode_prompt(item.prompt, chat=item.chat, max_new_tokens=gen.max_new_tokens, **({"examples": turns} if turns else {}))
+    from ortrefine.runtime.examples import encode_with_examples
+
+    ids, _ = encode_with_examples(lm, item.prompt, system.example_turns(item), item.chat, None, gen.max_new_tokens)
     g = generate(lm, ids, gen)
     return g.text, list(g.ids), g.logprob, {"finish_reason": g.finish_reason}
 

@@ -7,7 +7,7 @@ coverage metric and that no person would write. Answered turns before the user's
 the model to the register of a plain event ("The dog looked up at the snow and stood there.")
 before the search starts, and J's log-probs are then read in that context too. Why not in J
 alone: the examples lengthen the prompt, which every scored candidate carries in its KV cache,
-so each costs time (about 0.3 s per prompt on SmolLM2 for each example).
+so each costs time (a few tenths of a second per prompt on SmolLM2 for each example).
 
 The examples use no word of CommonGen's dev concept sets, so that they cannot hand the model a
 set's answer, and they show inflected forms (planted, wrote, mailed) because a concept is rarely
@@ -15,6 +15,11 @@ wanted in the form the user typed it.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+log = logging.getLogger("ortrefine.runtime.examples")
 
 KEYWORD_EXAMPLES: tuple[tuple[str, str], ...] = (
     ("Write one sentence that uses all of these words: garden, plant, seed, spring.",
@@ -42,3 +47,18 @@ def example_messages(examples: tuple[tuple[str, str], ...]) -> list[dict[str, st
     for user, answer in examples:
         out += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
     return out
+
+
+def encode_with_examples(lm: Any, prompt: str | Sequence[int], examples: Sequence[tuple[str, str]], chat: bool,
+                         system: str | None, max_new_tokens: int) -> tuple[list[int], bool]:
+    """The prompt's ids with the examples first where they can go, and whether they went in.
+
+    They go before a text chat prompt only (ids are taken as they are). They are an aid, not the
+    user's input, so where they leave no room in the model's context they are left out, with a
+    warning, rather than the prompt refused."""
+    if examples and chat and isinstance(prompt, str) and prompt.strip():
+        ids = lm.tokenizer.encode_chat(prompt, system, tuple(examples))
+        if len(ids) + max_new_tokens <= lm.bundle.context_length:
+            return lm.encode_prompt(ids, max_new_tokens=max_new_tokens), True
+        log.warning("the keyword examples would leave no room for %d new tokens in the model's context: left out", max_new_tokens)
+    return lm.encode_prompt(prompt, chat=chat, max_new_tokens=max_new_tokens, system=system), False

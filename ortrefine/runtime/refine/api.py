@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ortrefine.runtime.examples import encode_with_examples
 from ortrefine.runtime.refine.config import RefineConfig, _config_dict
 from ortrefine.runtime.refine.loop import _Refiner
 from ortrefine.runtime.refine.result import Output, RefineResult
@@ -23,17 +24,12 @@ def _output(lm: LM, state: _State) -> Output:
     return Output(lm.tokenizer.decode(state.ids), list(state.ids), [float(x) for x in state.lp])
 
 
-def _encode(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig) -> list[int]:
-    """The prompt's ids as J reads them: with the answered keyword turns first where cfg puts them
-    in (a text prompt only: ids are taken as they are). The examples are an aid, not the user's
-    input, so where they leave no room in the model's context they are left out, not the prompt
-    refused."""
-    if cfg.example_turns and isinstance(prompt, str) and prompt.strip():
-        ids = lm.tokenizer.encode_chat(prompt, cfg.system, cfg.example_turns)
-        if len(ids) + cfg.max_new_tokens <= lm.bundle.context_length:
-            return lm.encode_prompt(ids, max_new_tokens=cfg.max_new_tokens)
-        log.info("the keyword examples leave no room for %d new tokens in the context: refining without them", cfg.max_new_tokens)
-    return lm.encode_prompt(prompt, chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, system=cfg.system)
+def _encode(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig) -> tuple[list[int], RefineConfig]:
+    """The prompt's ids as J reads them (with the answered keyword turns first where they can go),
+    and the config, saying examples=False where they did not go in, so that the result records
+    what J read and `evaluate_objective` with its config reads the same."""
+    ids, used = encode_with_examples(lm, prompt, cfg.example_turns, cfg.chat, cfg.system, cfg.max_new_tokens)
+    return ids, (replace(cfg, examples=False) if cfg.example_turns and not used else cfg)
 
 
 def refine(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig | None = None) -> RefineResult:
@@ -47,8 +43,8 @@ def refine(lm: LM, prompt: str | Sequence[int], cfg: RefineConfig | None = None)
             lm._warned_batch_dependent = True
         cfg = replace(cfg, max_rows=1)
     t_start = time.perf_counter()
+    prompt_ids, cfg = _encode(lm, prompt, cfg)
     r = _Refiner(lm, prompt if isinstance(prompt, str) else lm.tokenizer.decode(prompt), cfg)
-    prompt_ids = _encode(lm, prompt, cfg)
     before = lm.forward_tokens
     y0 = r.initial_output(prompt_ids)
     r.cost.initial_forward_tokens = lm.forward_tokens - before
@@ -78,8 +74,8 @@ def evaluate_objective(lm: LM, prompt: str, output_ids: Sequence[int], cfg: Refi
     """J and every term of an output under `lm` (e.g. a judge bundle), from one fresh pass.
     initial_len: |Y⁰| of the refinement the output came from, which the length term measures
     against (default: the output's own length, which makes that term 0)."""
+    prompt_ids, cfg = _encode(lm, prompt, cfg)
     r = _Refiner(lm, prompt, cfg)
-    prompt_ids = _encode(lm, prompt, cfg)
     r.build_context(prompt, len(output_ids) if initial_len is None else initial_len, prompt_ids)
     r.start(prompt_ids)
     state = r.build_state(list(output_ids))

@@ -247,7 +247,7 @@ class RefineConfig:
         if not e:
             return ()
         if not (self.keywords and self.chat):
-            raise ConfigError("the worked keyword examples are chat turns for the keyword task: they need --chat and --keywords")
+            raise ConfigError("the answered keyword examples are chat turns of the keyword task: they need a chat prompt and keywords (--chat and --keywords)")
         return KEYWORD_EXAMPLES[:e]
 
     def _with_task_terms(self, objectives: list[ObjectiveSpec | str]) -> list[ObjectiveSpec | str]:
