@@ -144,11 +144,9 @@ class System:
     def example_turns(self, item: EvalItem) -> tuple[tuple[str, str], ...]:
         """The answered turns a generation system puts before this item's prompt (none unless
         the system asks for them and the item is a keyword chat prompt)."""
-        from ortrefine.runtime.examples import KEYWORD_EXAMPLES, DEFAULT_EXAMPLE_COUNT
+        from ortrefine.runtime.examples import select_examples
 
-        n = self.options.get("examples", False)
-        n = DEFAULT_EXAMPLE_COUNT if n is True else int(n)
-        return KEYWORD_EXAMPLES[:n] if item.keywords and item.chat else ()
+        return select_examples(self.options.get("examples", False)) if item.keywords and item.chat else ()
 
     def refine_config(self, max_new_tokens: int, item: EvalItem | None = None):
         from ortrefine.runtime.decoding import GenerationConfig
@@ -236,11 +234,12 @@ def parse_system(d: Any, where: str) -> System:
     if strategy == "greedy" and options.keys() - {"max_new_tokens", "stop", "examples"}:
         raise ConfigError(f"{where}: system {name!r}: greedy takes only max_new_tokens, stop and examples")
     if strategy != "refine" and "examples" in options:
-        from ortrefine.runtime.examples import KEYWORD_EXAMPLES
+        from ortrefine.runtime.examples import select_examples
 
-        e = options["examples"]
-        if not (isinstance(e, bool) or (isinstance(e, int) and 0 <= e <= len(KEYWORD_EXAMPLES))):
-            raise ConfigError(f"{where}: system {name!r}: examples must be true, false or a count from 0 to {len(KEYWORD_EXAMPLES)}")
+        try:
+            select_examples(options["examples"])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: system {name!r}: {e}") from None
     if "objectives" in options:
         obj = options["objectives"]
         if isinstance(obj, str):

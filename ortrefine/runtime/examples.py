@@ -19,6 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+import numpy as np
+
+from ortrefine.errors import ConfigError
+
 log = logging.getLogger("ortrefine.runtime.examples")
 
 KEYWORD_EXAMPLES: tuple[tuple[str, str], ...] = (
@@ -41,7 +45,17 @@ def default_examples() -> tuple[tuple[str, str], ...]:
     return KEYWORD_EXAMPLES[:DEFAULT_EXAMPLE_COUNT]
 
 
-def example_messages(examples: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+def select_examples(value: Any) -> tuple[tuple[str, str], ...]:
+    """The examples a setting asks for: true the default ones, false none, a count the first N.
+    One rule for refine's config and eval's generation systems."""
+    if isinstance(value, (bool, np.bool_)):
+        return default_examples() if value else ()
+    if not isinstance(value, (int, np.integer)) or not 0 <= value <= len(KEYWORD_EXAMPLES):
+        raise ConfigError(f"examples must be true, false or a count from 0 to {len(KEYWORD_EXAMPLES)}, got {value!r}")
+    return KEYWORD_EXAMPLES[:int(value)]
+
+
+def example_messages(examples: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
     """The examples as alternating user and assistant messages."""
     out: list[dict[str, str]] = []
     for user, answer in examples:

@@ -171,16 +171,12 @@ class LM:
         return PlainSteps(self, kv)
 
     # -- prompts ---------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str | Sequence[int], chat: bool = False, max_new_tokens: int = 0, system: str | None = None,
-                      examples: Sequence[tuple[str, str]] = ()) -> list[int]:
-        """Prompt ids, refusing empty prompts and prompts that leave no room in the context.
-        examples: answered chat turns before a text prompt's (chat only)."""
+    def encode_prompt(self, prompt: str | Sequence[int], chat: bool = False, max_new_tokens: int = 0, system: str | None = None) -> list[int]:
+        """Prompt ids, refusing empty prompts and prompts that leave no room in the context."""
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise PromptError("the prompt is empty; give some text")
-            if examples and not chat:
-                raise PromptError("answered example turns need a chat prompt (--chat)")
-            ids = self.tokenizer.encode_chat(prompt, system, examples) if examples else self.tokenizer.encode(prompt, chat=chat, system=system)
+            ids = self.tokenizer.encode(prompt, chat=chat, system=system)
         else:
             ids = [int(i) for i in prompt]
             vocab = self.vocab_size

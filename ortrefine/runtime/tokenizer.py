@@ -202,8 +202,9 @@ class TextTokenizer:
         check_text(user, "the prompt")
         if system is not None:
             check_text(system, "the system message")
-        turns = [{"role": role, "content": text} for pair in examples for role, text in zip(("user", "assistant"), pair)]
-        return ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": user}]
+        from ortrefine.runtime.examples import example_messages  # here: the runtime package imports this module
+
+        return ([{"role": "system", "content": system}] if system else []) + example_messages(examples) + [{"role": "user", "content": user}]
 
     def encode_plain(self, text: str) -> list[int]:
         """Ids of a text fragment with no special tokens added (continuations, keywords, references,

@@ -10,7 +10,7 @@ import numpy as np
 
 from ortrefine.errors import ConfigError
 from ortrefine.runtime.decoding import GenerationConfig
-from ortrefine.runtime.examples import KEYWORD_EXAMPLES, default_examples
+from ortrefine.runtime.examples import default_examples, select_examples
 from ortrefine.runtime.guide import GuideConfig
 from ortrefine.runtime.objectives import ObjectiveSpec
 from ortrefine.runtime.refine.orders import ORDERS
@@ -237,18 +237,12 @@ class RefineConfig:
     def _resolved_examples(self) -> tuple[tuple[str, str], ...]:
         """The worked keyword turns, or none. They are chat turns showing the keyword task, so
         they need both a chat prompt and keywords."""
-        e = self.examples
-        if e is None:
+        if self.examples is None:
             return default_examples() if self.keywords and self.chat else ()
-        if isinstance(e, (bool, np.bool_)):
-            e = len(default_examples()) if e else 0
-        if not isinstance(e, (int, np.integer)) or not 0 <= e <= len(KEYWORD_EXAMPLES):
-            raise ConfigError(f"examples must be true, false or a count from 0 to {len(KEYWORD_EXAMPLES)}, got {e!r}")
-        if not e:
-            return ()
-        if not (self.keywords and self.chat):
+        turns = select_examples(self.examples)
+        if turns and not (self.keywords and self.chat):
             raise ConfigError("the answered keyword examples are chat turns of the keyword task: they need a chat prompt and keywords (--chat and --keywords)")
-        return KEYWORD_EXAMPLES[:e]
+        return turns
 
     def _with_task_terms(self, objectives: list[ObjectiveSpec | str]) -> list[ObjectiveSpec | str]:
         names = {_term_name(o) for o in objectives}
