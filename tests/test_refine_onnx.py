@@ -165,3 +165,44 @@ def test_batch_dependent_bundle_scores_one_by_one(tiny_bundles, tmp_path):
     a, b_ = refine(lm_dyn, "Once upon", cfg), refine(lm, "Once upon", cfg)
     assert a.config["max_rows"] == 1 and max(seen) == 1
     assert a.final.ids == b_.final.ids  # fp32 underneath: same answer, just unbatched
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "guided"])
+def test_the_prompt_pass_is_run_once_and_left_unchanged_by_the_initial_decode(tiny_bundles, monkeypatch, strategy):
+    """Y⁰'s decode and the search share one pass over the prompt. The decode must leave it as it
+    was: the same run with the pass forgotten after the decode (the search then runs it again)
+    ends on the same Y* with the same J."""
+    import ortrefine
+    from ortrefine.runtime.decoding import GenerationConfig
+    from ortrefine.runtime.refine.api import _retokenized
+
+    lm = ortrefine.load(tiny_bundles["llama"], provider="cpu")
+    opts = {"max_new_tokens": 10, "top_k": 4}
+    if strategy == "guided":
+        opts["keywords"] = ("river", "dog")
+    else:
+        opts["initial_strategy"] = GenerationConfig(strategy=strategy, num_beams=3 if strategy == "beam" else 1, max_new_tokens=10)
+    cfg = RefineConfig(**opts)
+    prompt = lm.encode_prompt("Once upon a time the quick fox")
+    calls = []
+    real = type(lm).prefill
+    monkeypatch.setattr(type(lm), "prefill", lambda self, ids, keep_last=None: calls.append(list(ids)) or real(self, ids, keep_last))
+    shared = refine(lm, prompt, cfg)
+    once = calls.count(prompt)
+    assert once == (2 if strategy == "beam" else 1)  # beam's decode scores its output from the prompt again
+    assert shared.cost.initial_forward_tokens >= len(prompt)
+
+    calls.clear()
+    text = lm.tokenizer.decode(prompt)  # what refine() gives J as the prompt's text
+    r = _Refiner(lm, text, cfg)
+    y0 = r.initial_output(prompt)
+    r._head = None  # forgotten: start() runs its own pass
+    r.build_context(text, len(y0), prompt)
+    first, final, _, _, _ = r.run(prompt, y0)
+    _retokenized(r, final)  # refine()'s last pass, so that the costs compare
+    assert calls.count(prompt) == once + 1
+    assert first.ids == shared.initial.ids and final.ids == shared.final.ids
+    assert final.J == shared.objective_after["total"]
+    # the search counts the prompt's pass where it ran it, and only there
+    assert r.cost.forward_tokens == shared.cost.forward_tokens + len(prompt)
+    assert r.cost.passes == shared.cost.passes + 1

@@ -51,6 +51,7 @@ class DecodingModel(Protocol):
     def score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> ScoreResult: ...
 
 
+# entries: (lm, prompt_ids, cfg, head=None) -> Decoded; head as in `_stepwise`
 STRATEGIES: Registry[Callable[..., "Decoded"]] = Registry("decoding strategy")
 MAX_BEAMS = 256  # beam search holds one KV cache and one row of logits per beam
 EARLY_STOPPING = {"false": False, "true": True, "never": "never"}  # the CLI's spelling → GenerationConfig's
@@ -211,9 +212,11 @@ def _sample_logits(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Gen
     return int(min(np.searchsorted(np.cumsum(p), rng.random(), side="right"), p.size - 1))
 
 
-def _stepwise(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig, pick: Callable[[np.ndarray], int]) -> Decoded:
-    """The one decode loop: last logits → pick a token → stop checks → one-token forward."""
-    out = lm.prefill(prompt_ids, keep_last=1)
+def _stepwise(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig, pick: Callable[[np.ndarray], int],
+              head: ForwardOutput | None = None) -> Decoded:
+    """The one decode loop: last logits → pick a token → stop checks → one-token forward.
+    head: `lm.prefill(prompt_ids, keep_last=1)` where the caller has it (it is read, not changed)."""
+    out = head if head is not None else lm.prefill(prompt_ids, keep_last=1)
     steps = lm.steps(out.kv, cfg.max_new_tokens)
     logits = out.logits[0, -1]
     ids: list[int] = []
@@ -231,13 +234,13 @@ def _stepwise(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig, p
     return Decoded(ids, "length", lps)
 
 
-def greedy(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
-    return _stepwise(lm, prompt_ids, cfg, lambda logits: int(np.argmax(logits)))
+def greedy(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig, head: ForwardOutput | None = None) -> Decoded:
+    return _stepwise(lm, prompt_ids, cfg, lambda logits: int(np.argmax(logits)), head)
 
 
-def sample(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
+def sample(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig, head: ForwardOutput | None = None) -> Decoded:
     rng = np.random.default_rng(cfg.seed)
-    return _stepwise(lm, prompt_ids, cfg, lambda logits: _sample_logits(logits, cfg, rng))
+    return _stepwise(lm, prompt_ids, cfg, lambda logits: _sample_logits(logits, cfg, rng), head)
 
 
 def _topk_desc(x: np.ndarray, k: int) -> np.ndarray:
@@ -269,8 +272,9 @@ def _beam_output(done: np.ndarray, done_seqs: np.ndarray, done_len: np.ndarray, 
     return [int(t) for t in best_running]  # nothing finished above the empty slots: the best running beam
 
 
-def beam(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig) -> Decoded:
-    """Beam search for one prompt, step for step as transformers 4.57 `_beam_search`."""
+def beam(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig, head: ForwardOutput | None = None) -> Decoded:
+    """Beam search for one prompt, step for step as transformers 4.57 `_beam_search`; head as in
+    `_stepwise`."""
     nb, P = cfg.num_beams, len(prompt_ids)
     max_length = P + cfg.max_new_tokens
     eos = np.array(lm.eos_ids, dtype=np.int64)
@@ -285,7 +289,7 @@ def beam(lm: DecodingModel, prompt_ids: list[int], cfg: GenerationConfig) -> Dec
     done_scores = np.full(nb, neg, dtype=np.float32)
     done = np.zeros(nb, dtype=bool)
     unsatisfied = True
-    out = lm.prefill(prompt_ids, keep_last=1)
+    out = head if head is not None else lm.prefill(prompt_ids, keep_last=1)
     logits, kv = np.repeat(out.logits[:, -1], nb, axis=0), out.kv.repeat(nb)
     cur = P
     while True:
@@ -335,12 +339,20 @@ STRATEGIES.register("sample", sample)
 STRATEGIES.register("beam", beam)
 
 
-def generate(lm: DecodingModel, prompt: str | Sequence[int], cfg: GenerationConfig, chat: bool = False) -> GenerationResult:
-    """Encode, decode with the configured strategy, score the result, cut at stop strings."""
+def generate(lm: DecodingModel, prompt: str | Sequence[int], cfg: GenerationConfig, chat: bool = False,
+             head: ForwardOutput | None = None) -> GenerationResult:
+    """Encode, decode with the configured strategy, score the result, cut at stop strings.
+
+    head: the prompt's `lm.prefill(ids, keep_last=1)` where the caller has run it and goes on
+    from it too (the refiner starts its search from the same pass); `prompt` must then be those
+    very ids.
+    """
     t0 = time.perf_counter()
     prompt_ids = lm.encode_prompt(prompt, chat=chat, max_new_tokens=cfg.max_new_tokens)
+    if head is not None and head.logits.shape[1] != 1:
+        raise ValueError("head: a prefill with keep_last=1")
     before = lm.forward_tokens
-    decoded = STRATEGIES.get(cfg.strategy)(lm, prompt_ids, cfg)
+    decoded = STRATEGIES.get(cfg.strategy)(lm, prompt_ids, cfg, head=head)
     ids, text, cut = _cut_at_stop(lm, decoded.ids, cfg.stop)
     reason = "stop" if cut else decoded.finish_reason
     if decoded.logprobs is not None:

@@ -177,9 +177,10 @@ class Guide:
         return len(self.tokenizer.decode(list(ids)).split()) >= 3
 
 
-def guided_decode(lm: Any, prompt_ids: Sequence[int], guide: Guide, max_new_tokens: int) -> tuple[list[int], str]:
-    """Y under the guide, and why it ended (eos | stop | length): the keyword task's initial output."""
-    out = lm.prefill(list(prompt_ids), keep_last=1)
+def guided_decode(lm: Any, prompt_ids: Sequence[int], guide: Guide, max_new_tokens: int, head: Any = None) -> tuple[list[int], str]:
+    """Y under the guide, and why it ended (eos | stop | length): the keyword task's initial output.
+    head: `lm.prefill(prompt_ids, keep_last=1)` where the caller has it (read, not changed)."""
+    out = head if head is not None else lm.prefill(list(prompt_ids), keep_last=1)
     steps = lm.steps(out.kv, max_new_tokens)
     logits = out.logits[0, -1]
     ids: list[int] = []

@@ -27,6 +27,7 @@ from ortrefine.runtime.refine.scorer import _Scorer
 from ortrefine.runtime.refine.state import _State
 
 if TYPE_CHECKING:
+    from ortrefine.runtime.kvcache import ForwardOutput
     from ortrefine.runtime.refine.config import RefineConfig
     from ortrefine.runtime.session import LM
 
@@ -48,6 +49,7 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         # regenerated suffixes (and Y⁰, unless given) follow the keyword guide: runtime/guide.py
         self.guide = Guide(lm.tokenizer, lm.eos_ids, cfg.keywords, cfg.guide_config) if cfg.guide_config is not None else None
         self.grad_model = None
+        self._head: tuple[list[int], ForwardOutput] | None = None
         if cfg.proposal != "topk" or cfg.optimizer == "gradient":
             from ortrefine.runtime.gradient import GradientModel
 
@@ -64,14 +66,15 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
             if len(ids) > cfg.max_new_tokens:
                 raise ConfigError(f"--initial is {len(ids)} tokens, more than --max-new-tokens {cfg.max_new_tokens}; raise it")
             return ids
+        head = self._prompt_head(prompt_ids)
         if self.guide is not None and (cfg.initial_strategy is None or cfg.initial_strategy.strategy == "greedy"):
-            return guided_decode(self.lm, prompt_ids, self.guide, cfg.max_new_tokens)[0]
+            return guided_decode(self.lm, prompt_ids, self.guide, cfg.max_new_tokens, head=head)[0]
         gen = cfg.initial_strategy or GenerationConfig(max_new_tokens=cfg.max_new_tokens)
         if gen.max_new_tokens != cfg.max_new_tokens:
             gen = replace(gen, max_new_tokens=cfg.max_new_tokens)
         if gen.strategy == "sample" and gen.seed is None:
             gen = replace(gen, seed=cfg.seed)
-        out = generate(self.lm, prompt_ids, gen)
+        out = generate(self.lm, prompt_ids, gen, head=head)
         if not out.ids:
             raise PromptError("the initial decode produced no tokens; nothing to refine")
         return out.ids
@@ -101,11 +104,22 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
             return Guide(self.lm.tokenizer, self.lm.eos_ids, self.cfg.keywords).ends
         return None
 
+    def _prompt_head(self, prompt_ids: list[int]) -> ForwardOutput:
+        """The one pass over the prompt (its cache and last logits), for Y⁰'s decode and the
+        search alike: both begin from the same pass over the same ids, and a keyword prompt
+        carrying the answered examples makes it the longest single pass of a refinement. Neither
+        changes it (decoding copies the cache into its own buffer, the guide its logits)."""
+        if self._head is None or self._head[0] != prompt_ids:
+            self._head = (list(prompt_ids), self.lm.prefill(prompt_ids, keep_last=1))
+        return self._head[1]
+
     def start(self, prompt_ids: list[int]) -> None:
-        """One pass over the prompt; every later pass reuses its cache."""
-        head = self.lm.prefill(prompt_ids, keep_last=1)
-        self.cost.forward_tokens += len(prompt_ids)
-        self.cost.passes += 1
+        """One pass over the prompt (Y⁰'s, when it was decoded here); every later pass reuses its cache."""
+        shared = self._head is not None and self._head[0] == prompt_ids
+        head = self._prompt_head(prompt_ids)
+        if not shared:  # Y⁰'s decode ran it and counted it (Cost.initial_forward_tokens)
+            self.cost.forward_tokens += len(prompt_ids)
+            self.cost.passes += 1
         self.prompt_kv, self.prompt_last = head.kv, head.logits[0, -1]
         self.prompt_ids, self.prompt_len = list(prompt_ids), len(prompt_ids)
 
