@@ -151,6 +151,28 @@ def test_refine_job_with_per_record_fields(tmp_path, tiny_bundles, llama):
     assert got["2"]["initial"]["text"] == "a cat" and got["2"]["final"]["text"] == want2.final.text
 
 
+def test_cli_exits_1_when_records_failed_after_writing_the_rest(tmp_path, tiny_bundles):
+    """A script running the job must learn that some records were not done, and the others must
+    still be there; a rerun skips the failed ids (they are written) and has nothing new to fail."""
+    from click.testing import CliRunner
+
+    from ortrefine.cli.main import cli
+
+    inp = _write(tmp_path / "in.jsonl", [{"id": 1, "prompt": PROMPTS[0]}, {"id": 2, "prompt": "  "}, {"id": 3, "prompt": PROMPTS[1]}])
+    out = tmp_path / "o.jsonl"
+    args = ["batch", str(inp), str(out), "-m", str(tiny_bundles["llama"]), "--max-new-tokens", "4", "--no-progress"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    assert "Error: 1 record(s) failed" in r.output and "Traceback" not in r.output
+    rows = _by_id(out)
+    assert "error" in rows["2"] and rows["1"]["text"] and rows["3"]["text"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and "0 records written" in r.output, r.output
+    ok = _write(tmp_path / "ok.jsonl", [{"id": 1, "prompt": PROMPTS[0]}])
+    r = CliRunner().invoke(cli, ["batch", str(ok), str(tmp_path / "ok-out.jsonl"), *args[3:]])
+    assert r.exit_code == 0 and "Error" not in r.output, r.output
+
+
 def test_cli_config_file_and_overrides(tmp_path, tiny_bundles):
     from click.testing import CliRunner
 

@@ -105,6 +105,10 @@ def batch(ctx: click.Context, input_path: Path, output_path: Path, config_file: 
     repaired = f", cut a torn last line ({s.repaired} bytes) and redid it" if s.repaired else ""
     click.echo(f"{output_path}: {s.written} records written ({s.errors} errors), {s.skipped} already there{repaired}; "
                f"{s.total} in {input_path}, {s.seconds:.1f}s", err=True)
+    if s.errors:  # every other record is written; a script must still learn that some were not done
+        click.echo(f"Error: {s.errors} record(s) failed; their lines in {output_path} carry \"error\" (a rerun skips them: "
+                   "delete those lines to try them again)", err=True)
+        ctx.exit(1)
 
 
 commands = [batch]
