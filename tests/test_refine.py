@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -559,3 +560,50 @@ def test_end_repair_waits_for_no_budget_and_says_so(monkeypatch):
 def test_end_repair_must_be_a_bool():
     with pytest.raises(ConfigError, match="end_repair must be true or false"):
         RefineConfig(end_repair="false")
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"keywords": ("cat", "dog"), "chat": True},
+    {"keywords": ("cat",), "guide": {"bias": 5.0}, "examples": 1, "chat": True},
+    {"objectives": ["logprob", "repetition=2.0", "mean-logprob:alpha=0.8"], "mode": "keep", "edits": ("substitute", "delete")},
+    {"initial_strategy": {"strategy": "beam", "num_beams": 3, "max_new_tokens": 2}, "relax": {"steps": 3}, "top_k": np.int64(2),
+     "tol": np.float32(0.5), "seed": np.int64(4)},
+])
+def test_a_result_config_goes_through_json_and_rebuilds_the_same_run(settings):
+    """The `--json` trace's config is what a user keeps to run a refinement again: it must be
+    JSON (numpy numbers the API took included) and RefineConfig.from_dict must read it back to
+    the config that ran, down to the same refinement."""
+    import json
+
+    from ortrefine.runtime.decoding import GenerationConfig
+    from ortrefine.runtime.refine.config import _config_dict
+    from ortrefine.runtime.relax import RelaxConfig
+
+    s = dict(settings, max_new_tokens=2)
+    if isinstance(s.get("initial_strategy"), dict):
+        s["initial_strategy"] = GenerationConfig(**s["initial_strategy"])
+    if isinstance(s.get("relax"), dict):
+        s["relax"] = RelaxConfig(**s["relax"])
+    cfg = RefineConfig(**s)
+    lm = table_lm(TRAP)
+    first = refine(lm, "a", cfg) if not cfg.keywords else None
+    kept = json.loads(json.dumps(_config_dict(cfg)))
+    again = RefineConfig.from_dict(kept)
+    assert _config_dict(again) == kept
+    assert again.example_turns == cfg.example_turns and again.guide_config == cfg.guide_config
+    if first is not None:
+        second = refine(lm, "a", again)
+        assert second.final.ids == first.final.ids and second.objective_after == first.objective_after
+        assert RefineConfig.from_dict(json.loads(json.dumps(second.config))) == again
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"top_kk": 3}, "unknown refine setting(s) 'top_kk'"),
+    ({"relax": {"stepz": 3}}, "stepz"),
+    ({"objectives": [{"name": "logprob", "wieght": 1.0}]}, "wieght"),
+    ({"guide": {"bais": 2.0}, "keywords": ["a"]}, "unknown guide setting(s) 'bais'"),
+])
+def test_from_dict_names_the_unknown_setting(bad, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        RefineConfig.from_dict(bad)

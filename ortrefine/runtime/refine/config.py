@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -165,6 +165,32 @@ class RefineConfig:
         else:
             self.objectives = self._with_task_terms(list(self.objectives))
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RefineConfig":
+        """A config from JSON-like settings, e.g. a result's `config` (RefineResult.config, the
+        `--json` trace), to run a refinement again as it ran. Nested settings come back as their
+        dataclasses; what a config works out itself (guide_config, example_turns) it works out
+        again. An unknown name is a one-line error listing the known ones."""
+        derived = {f.name for f in fields(cls) if not f.init}
+        known = [f.name for f in fields(cls) if f.init]
+        d = {k: v for k, v in d.items() if k not in derived}
+        bad = sorted(set(d) - set(known))
+        if bad:
+            raise ConfigError(f"unknown refine setting(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
+        try:
+            if isinstance(d.get("relax"), dict):
+                d["relax"] = RelaxConfig(**d["relax"])
+            if isinstance(d.get("initial_strategy"), dict):
+                d["initial_strategy"] = GenerationConfig(**d["initial_strategy"])
+            if d.get("objectives") is not None:
+                d["objectives"] = [ObjectiveSpec(**o) if isinstance(o, dict) else o for o in d["objectives"]]
+        except TypeError as e:  # an unknown name inside a nested setting
+            raise ConfigError(f"refine settings: {e}") from None
+        for name in ("keywords", "edits"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
+        return cls(**d)
+
     def _check_choices(self) -> None:
         """The named settings, lower-cased so the CLI and the API accept any case."""
         if self.mode not in MODES:
@@ -254,7 +280,17 @@ class RefineConfig:
 
 
 def _config_dict(cfg: RefineConfig) -> dict[str, Any]:
-    """The config as plain JSON-able data, for RefineResult.config (ObjectiveSpec as dicts)."""
+    """The config as plain JSON-able data, for RefineResult.config (ObjectiveSpec as dicts;
+    `RefineConfig.from_dict` reads it back). numpy numbers, which the API accepts, become
+    Python's, so `json.dumps` takes the result."""
     d = asdict(cfg)
     d["objectives"] = [o if isinstance(o, str) else asdict(o) for o in cfg.objectives]
-    return d
+    return _plain(d)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x.item() if isinstance(x, np.generic) else x
