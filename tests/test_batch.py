@@ -153,7 +153,8 @@ def test_refine_job_with_per_record_fields(tmp_path, tiny_bundles, llama):
 
 def test_cli_exits_1_when_records_failed_after_writing_the_rest(tmp_path, tiny_bundles):
     """A script running the job must learn that some records were not done, and the others must
-    still be there; a rerun skips the failed ids (they are written) and has nothing new to fail."""
+    still be there; so must a rerun, which skips the failed ids (they are written), until their
+    lines are deleted and they are done."""
     from click.testing import CliRunner
 
     from ortrefine.cli.main import cli
@@ -166,8 +167,14 @@ def test_cli_exits_1_when_records_failed_after_writing_the_rest(tmp_path, tiny_b
     assert "Error: 1 record(s) failed" in r.output and "Traceback" not in r.output
     rows = _by_id(out)
     assert "error" in rows["2"] and rows["1"]["text"] and rows["3"]["text"]
-    r = CliRunner().invoke(cli, args)
-    assert r.exit_code == 0 and "0 records written" in r.output, r.output
+    r = CliRunner().invoke(cli, args)  # a rerun redoes nothing, and OUT is still not complete
+    assert r.exit_code == 1 and "0 records written" in r.output, r.output
+    assert "Error: 1 record(s) failed (1 by an earlier run)" in r.output
+    out.write_text("".join(line + "\n" for line in out.read_text().splitlines() if '"error"' not in line))
+    inp.write_text(json.dumps({"id": 1, "prompt": PROMPTS[0]}) + "\n" + json.dumps({"id": 2, "prompt": "Hello"}) + "\n"
+                   + json.dumps({"id": 3, "prompt": PROMPTS[1]}) + "\n")
+    r = CliRunner().invoke(cli, args)  # its line deleted and its prompt fixed, the record is done
+    assert r.exit_code == 0 and "1 records written" in r.output and "Error" not in r.output, r.output
     ok = _write(tmp_path / "ok.jsonl", [{"id": 1, "prompt": PROMPTS[0]}])
     r = CliRunner().invoke(cli, ["batch", str(ok), str(tmp_path / "ok-out.jsonl"), *args[3:]])
     assert r.exit_code == 0 and "Error" not in r.output, r.output

@@ -566,6 +566,7 @@ def test_end_repair_must_be_a_bool():
     {},
     {"keywords": ("cat", "dog"), "chat": True},
     {"keywords": ("cat",), "guide": {"bias": 5.0}, "examples": 1, "chat": True},
+    {"keywords": ("cat",), "guide": False, "objectives": ["mean-logprob", "coverage=3.0"]},
     {"objectives": ["logprob", "repetition=2.0", "mean-logprob:alpha=0.8"], "mode": "keep", "edits": ("substitute", "delete")},
     {"initial_strategy": {"strategy": "beam", "num_beams": 3, "max_new_tokens": 2}, "relax": {"steps": 3}, "top_k": np.int64(2),
      "tol": np.float32(0.5), "seed": np.int64(4)},
@@ -577,6 +578,7 @@ def test_a_result_config_goes_through_json_and_rebuilds_the_same_run(settings):
     import json
 
     from ortrefine.runtime.decoding import GenerationConfig
+    from ortrefine.runtime.guide import GuideConfig
     from ortrefine.runtime.refine.config import _config_dict
     from ortrefine.runtime.relax import RelaxConfig
 
@@ -585,13 +587,24 @@ def test_a_result_config_goes_through_json_and_rebuilds_the_same_run(settings):
         s["initial_strategy"] = GenerationConfig(**s["initial_strategy"])
     if isinstance(s.get("relax"), dict):
         s["relax"] = RelaxConfig(**s["relax"])
+    if isinstance(s.get("guide"), dict):
+        s["guide"] = GuideConfig(**s["guide"])
     cfg = RefineConfig(**s)
     lm = table_lm(TRAP)
     first = refine(lm, "a", cfg) if not cfg.keywords else None
     kept = json.loads(json.dumps(_config_dict(cfg)))
     again = RefineConfig.from_dict(kept)
-    assert _config_dict(again) == kept
+    assert _config_dict(again) == kept and again == cfg
     assert again.example_turns == cfg.example_turns and again.guide_config == cfg.guide_config
+    # objectives the config derived are derived again: a copy with other task inputs derives its own J
+    for inputs in ({"keywords": ("cat", "dog")}, {"keywords": ()}, {"reference": "a cat"}):
+        try:
+            want = replace(cfg, **inputs).objectives
+        except ConfigError:  # e.g. a guide without keywords: the rebuilt config refuses it too
+            with pytest.raises(ConfigError):
+                replace(again, **inputs)
+            continue
+        assert replace(again, **inputs).objectives == want
     if first is not None:
         second = refine(lm, "a", again)
         assert second.final.ids == first.final.ids and second.objective_after == first.objective_after
@@ -603,7 +616,23 @@ def test_a_result_config_goes_through_json_and_rebuilds_the_same_run(settings):
     ({"relax": {"stepz": 3}}, "stepz"),
     ({"objectives": [{"name": "logprob", "wieght": 1.0}]}, "wieght"),
     ({"guide": {"bais": 2.0}, "keywords": ["a"]}, "unknown guide setting(s) 'bais'"),
+    ({"initial_strategy": {"num_beamz": 3}}, "unknown initial_strategy setting(s) 'num_beamz'; known: strategy,"),
+    ({"relax": 3}, "a relax must be an object"),
+    ({"top_k": "3"}, "refine settings: a value has the wrong type"),
+    (["top_k", 3], "refine settings must be an object of names and values, got list"),
 ])
 def test_from_dict_names_the_unknown_setting(bad, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
         RefineConfig.from_dict(bad)
+
+
+def test_budget_tokens_counts_the_prompt_pass_whether_or_not_the_decode_shared_it():
+    """The search starts from the pass Y⁰'s decode ran; the budget must still count it, or a
+    decoded Y⁰ would get len(prompt) more tokens of search than the same Y⁰ given as `initial`."""
+    lm = table_lm(TRAP)
+    cfg = RefineConfig(mode="keep", top_k=3, max_new_tokens=2, budget_tokens=11, positions_per_batch=1)
+    decoded = refine(lm, "gggggggga", cfg)
+    given = refine(lm, "gggggggga", replace(cfg, initial=decoded.initial.text))
+    assert decoded.initial.ids == given.initial.ids
+    assert decoded.stop_reason == given.stop_reason == "budget-tokens"
+    assert decoded.final.ids == given.final.ids and len(decoded.edits) == len(given.edits)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ortrefine.batch.config import EVAL_FIELDS, RECORD_FIELDS, BatchConfig
-from ortrefine.batch.records import InputRecord, OutputLog, check_paths, pending, read_input
+from ortrefine.batch.records import InputRecord, OutputLog, check_paths, failed_before, pending, read_input
 from ortrefine.errors import OrtRefineError
 
 if TYPE_CHECKING:
@@ -174,7 +174,9 @@ def _generated(rid: Any, prompt_ids: list[int], ids: list[int], text: str, lps: 
 @dataclass
 class BatchSummary:
     """total: records in IN; skipped: already in OUT; written: this run; errors: error records
-    written this run; repaired: bytes of a torn last line cut off; seconds: wall time."""
+    written this run; repaired: bytes of a torn last line cut off; seconds: wall time;
+    failed_before: skipped records that an earlier run wrote as errors (OUT is not complete
+    while there are any)."""
 
     total: int
     skipped: int
@@ -182,6 +184,7 @@ class BatchSummary:
     errors: int
     repaired: int
     seconds: float
+    failed_before: int = 0
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
@@ -220,4 +223,5 @@ def run_batch(input_path: str | Path, output_path: str | Path, config: BatchConf
             finally:
                 bar.close()
                 predictor.close()  # nothing is left in flight unless interrupted: then it is dropped
-        return BatchSummary(len(records), skipped, written, errors, out.repaired, time.perf_counter() - t0)
+        return BatchSummary(len(records), skipped, written, errors, out.repaired, time.perf_counter() - t0,
+                            failed_before(records, out.failed))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ortrefine.batch.config import BatchConfig
 from ortrefine.batch.job import BatchSummary, Predictor, _progress, write_records
-from ortrefine.batch.records import OutputLog, check_paths, pending, read_input
+from ortrefine.batch.records import OutputLog, check_paths, failed_before, pending, read_input
 from ortrefine.catalog import resolve_bundle_path
 from ortrefine.errors import ConfigError, MissingExtraError
 
@@ -73,4 +73,5 @@ def run_ray(input_path: str | Path, output_path: str | Path, config: BatchConfig
             finally:
                 if started:
                     ray.shutdown()
-        return BatchSummary(len(records), skipped, written, errors, out.repaired, time.perf_counter() - t0)
+        return BatchSummary(len(records), skipped, written, errors, out.repaired, time.perf_counter() - t0,
+                            failed_before(records, out.failed))

@@ -69,8 +69,8 @@ def read_input(path: str | Path) -> list[InputRecord]:
 class OutputLog:
     """The output file, opened for appending whole records.
 
-    done: ids (as `id_key`) of the records already in the file. repaired: bytes of a torn last
-    line that were cut off.
+    done: ids (as `id_key`) of the records already in the file; failed: those of them that are
+    error records. repaired: bytes of a torn last line that were cut off.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -92,13 +92,13 @@ class OutputLog:
         try:
             if created:
                 _fsync_dir(self.path.parent)
-            self.done, self.repaired = self._recover()
+            self.done, self.failed, self.repaired = self._recover()
         except BaseException:
             self.close()
             raise
 
-    def _recover(self) -> tuple[set[str], int]:
-        """Ids already written, and the torn last line cut off. Every complete line is checked
+    def _recover(self) -> tuple[set[str], set[str], int]:
+        """Ids already written, those of them that failed, and the torn last line cut off. Every complete line is checked
         before anything is cut, and only a tail that looks like the start of a record of ours
         (an unfinished JSON object) is cut: a file `batch` did not write is refused untouched."""
         with open(self.fd, "rb", closefd=False) as f:
@@ -106,7 +106,7 @@ class OutputLog:
             data = f.read()
         end = data.rfind(b"\n") + 1
         torn = len(data) - end
-        done = set()
+        done, failed = set(), set()
         for n, raw in enumerate(data[:end].splitlines(), start=1):
             if not raw.strip():
                 continue
@@ -115,6 +115,8 @@ class OutputLog:
                 raise OrtRefineError(f"{self.path}: line {n} is not an output record; this file was not written by "
                                      "`ortrefine batch` — write to another file")
             done.add(id_key(rec["id"]))
+            if "error" in rec:
+                failed.add(id_key(rec["id"]))
         if torn:
             tail = data[end:]
             if not tail.startswith(b'{"id"') or _record(tail) is not None:  # append() writes the id first
@@ -122,7 +124,7 @@ class OutputLog:
                                      "written by `ortrefine batch` — write to another file")
             os.ftruncate(self.fd, end)
             os.fsync(self.fd)
-        return done, torn
+        return done, failed, torn
 
     def append(self, record: dict[str, Any]) -> None:
         """One whole line, on disk before this returns."""
@@ -168,3 +170,8 @@ def check_paths(input_path: str | Path, output_path: str | Path) -> None:
 
 def pending(records: Iterable[InputRecord], done: set[str]) -> list[InputRecord]:
     return [r for r in records if id_key(r.id) not in done]
+
+
+def failed_before(records: Iterable[InputRecord], failed: set[str]) -> int:
+    """Records of IN that an earlier run wrote as error records (a rerun skips them)."""
+    return sum(id_key(r.id) in failed for r in records)

@@ -69,6 +69,8 @@ def batch(ctx: click.Context, input_path: Path, output_path: Path, config_file: 
     A record is {"id": ..., "prompt": "..."} (plus "system"; for refine "initial", "keywords",
     "reference"); a line without an id gets its line number. Each output line keeps the id. Run
     again after an interruption (kill -9 included), it skips the ids already in OUT.jsonl.
+    Exits 1 while a record of IN.jsonl is an error record in OUT.jsonl (this run's or an earlier
+    one's: a rerun skips it too; delete its line to try it again).
     """
     from ortrefine.batch.config import BatchConfig, read_config_file
 
@@ -105,9 +107,11 @@ def batch(ctx: click.Context, input_path: Path, output_path: Path, config_file: 
     repaired = f", cut a torn last line ({s.repaired} bytes) and redid it" if s.repaired else ""
     click.echo(f"{output_path}: {s.written} records written ({s.errors} errors), {s.skipped} already there{repaired}; "
                f"{s.total} in {input_path}, {s.seconds:.1f}s", err=True)
-    if s.errors:  # every other record is written; a script must still learn that some were not done
-        click.echo(f"Error: {s.errors} record(s) failed; their lines in {output_path} carry \"error\" (a rerun skips them: "
-                   "delete those lines to try them again)", err=True)
+    failed = s.errors + s.failed_before
+    if failed:  # every other record is written; a script (or a retry loop) must still learn that some were not done
+        earlier = f" ({s.failed_before} by an earlier run)" if s.failed_before else ""
+        click.echo(f"Error: {failed} record(s) failed{earlier}; their lines in {output_path} carry \"error\" (a rerun "
+                   "skips them: delete those lines to try them again)", err=True)
         ctx.exit(1)
 
 

@@ -51,7 +51,7 @@ class DecodingModel(Protocol):
     def score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> ScoreResult: ...
 
 
-# entries: (lm, prompt_ids, cfg, head=None) -> Decoded; head as in `_stepwise`
+# entries: (lm, prompt_ids, cfg, head=None) -> Decoded; head as in `_stepwise` (passed only when given)
 STRATEGIES: Registry[Callable[..., "Decoded"]] = Registry("decoding strategy")
 MAX_BEAMS = 256  # beam search holds one KV cache and one row of logits per beam
 EARLY_STOPPING = {"false": False, "true": True, "never": "never"}  # the CLI's spelling → GenerationConfig's
@@ -352,7 +352,8 @@ def generate(lm: DecodingModel, prompt: str | Sequence[int], cfg: GenerationConf
     if head is not None and head.logits.shape[1] != 1:
         raise ValueError("head: a prefill with keep_last=1")
     before = lm.forward_tokens
-    decoded = STRATEGIES.get(cfg.strategy)(lm, prompt_ids, cfg, head=head)
+    strategy = STRATEGIES.get(cfg.strategy)
+    decoded = strategy(lm, prompt_ids, cfg) if head is None else strategy(lm, prompt_ids, cfg, head=head)
     ids, text, cut = _cut_at_stop(lm, decoded.ids, cfg.stop)
     reason = "stop" if cut else decoded.finish_reason
     if decoded.logprobs is not None:

@@ -79,6 +79,7 @@ class RefineConfig:
     tol: minimum ΔJ to accept an edit.
     seed: for the random order (and sampled initial outputs).
     budget_seconds / budget_tokens: stop before the next batch once spent (None: no limit).
+        budget_tokens counts the prompt's pass too, also where Y⁰'s decode ran it for the search.
     prune: drop candidates whose exact upper bound falls to the incumbent's J.
     chunk: keep mode: suffix tokens scored per pass between pruning checks. 4 was the fastest on
         the fused SmolLM2 graph (benchmarks/probes/chunk.py): smaller chunks prune more tokens but
@@ -169,27 +170,33 @@ class RefineConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RefineConfig":
         """A config from JSON-like settings, e.g. a result's `config` (RefineResult.config, the
         `--json` trace), to run a refinement again as it ran. Nested settings come back as their
-        dataclasses; what a config works out itself (guide_config, example_turns) it works out
-        again. An unknown name is a one-line error listing the known ones."""
+        dataclasses; what a config works out itself (guide_config, example_turns, and objectives
+        that were derived rather than given) it works out again, so `dataclasses.replace` on the
+        result behaves as on the config that ran. A bad name or value is a one-line ConfigError;
+        an unknown name lists the known ones."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"refine settings must be an object of names and values, got {type(d).__name__}")
         derived = {f.name for f in fields(cls) if not f.init}
-        known = [f.name for f in fields(cls) if f.init]
         d = {k: v for k, v in d.items() if k not in derived}
-        bad = sorted(set(d) - set(known))
-        if bad:
-            raise ConfigError(f"unknown refine setting(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
-        try:
-            if isinstance(d.get("relax"), dict):
-                d["relax"] = RelaxConfig(**d["relax"])
-            if isinstance(d.get("initial_strategy"), dict):
-                d["initial_strategy"] = GenerationConfig(**d["initial_strategy"])
-            if d.get("objectives") is not None:
-                d["objectives"] = [ObjectiveSpec(**o) if isinstance(o, dict) else o for o in d["objectives"]]
-        except TypeError as e:  # an unknown name inside a nested setting
-            raise ConfigError(f"refine settings: {e}") from None
+        _check_names(cls, d, "refine setting")
+        if "relax" in d:
+            d["relax"] = _nested(RelaxConfig, d["relax"], "relax setting")
+        if d.get("initial_strategy") is not None:
+            d["initial_strategy"] = _nested(GenerationConfig, d["initial_strategy"], "initial_strategy setting")
+        if isinstance(d.get("guide"), dict):
+            d["guide"] = GuideConfig.from_dict(d["guide"])
+        if isinstance(d.get("objectives"), list):
+            d["objectives"] = [_nested(ObjectiveSpec, o, "objective field") if isinstance(o, dict) else o for o in d["objectives"]]
         for name in ("keywords", "edits"):
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
-        return cls(**d)
+        cfg = _build(cls, d, "refine settings")
+        if d.get("objectives") is not None:
+            # the J a config without objectives derives: recorded as a list, derived again
+            probe = _build(cls, {**d, "objectives": None}, "refine settings")
+            if _config_dict(probe)["objectives"] == _config_dict(cfg)["objectives"]:
+                return probe
+        return cfg
 
     def _check_choices(self) -> None:
         """The named settings, lower-cased so the CLI and the API accept any case."""
@@ -286,6 +293,27 @@ def _config_dict(cfg: RefineConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["objectives"] = [o if isinstance(o, str) else asdict(o) for o in cfg.objectives]
     return _plain(d)
+
+
+def _check_names(klass: type, d: dict[str, Any], what: str) -> None:
+    known = [f.name for f in fields(klass) if f.init]
+    bad = sorted(set(d) - set(known))
+    if bad:
+        raise ConfigError(f"unknown {what}(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
+
+
+def _build(klass: type, d: dict[str, Any], what: str) -> Any:
+    try:
+        return klass(**d)
+    except TypeError as e:  # a value of the wrong type, met by a comparison or a conversion
+        raise ConfigError(f"{what}: a value has the wrong type ({e})") from None
+
+
+def _nested(klass: type, d: Any, what: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"a {what.rsplit(' ', 1)[0]} must be an object of names and values, got {d!r}")
+    _check_names(klass, d, what)
+    return _build(klass, d, what.rsplit(" ", 1)[0])
 
 
 def _plain(x: Any) -> Any:

@@ -50,6 +50,7 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         self.guide = Guide(lm.tokenizer, lm.eos_ids, cfg.keywords, cfg.guide_config) if cfg.guide_config is not None else None
         self.grad_model = None
         self._head: tuple[list[int], ForwardOutput] | None = None
+        self._budget_base = 0  # the prompt's pass, where Y⁰'s decode ran it: budget_tokens counts it as before
         if cfg.proposal != "topk" or cfg.optimizer == "gradient":
             from ortrefine.runtime.gradient import GradientModel
 
@@ -117,7 +118,9 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         """One pass over the prompt (Y⁰'s, when it was decoded here); every later pass reuses its cache."""
         shared = self._head is not None and self._head[0] == prompt_ids
         head = self._prompt_head(prompt_ids)
-        if not shared:  # Y⁰'s decode ran it and counted it (Cost.initial_forward_tokens)
+        if shared:  # Y⁰'s decode ran it and counted it (Cost.initial_forward_tokens); budget_tokens still counts it
+            self._budget_base = len(prompt_ids)
+        else:
             self.cost.forward_tokens += len(prompt_ids)
             self.cost.passes += 1
         self.prompt_kv, self.prompt_last = head.kv, head.logits[0, -1]
@@ -250,7 +253,7 @@ class _Refiner(_Proposer, _Scorer, _RelaxSweep):
         cfg = self.cfg
         if cfg.budget_seconds is not None and time.perf_counter() - t0 >= cfg.budget_seconds:
             return "budget-seconds"
-        if cfg.budget_tokens is not None and self.cost.forward_tokens >= cfg.budget_tokens:
+        if cfg.budget_tokens is not None and self.cost.forward_tokens + self._budget_base >= cfg.budget_tokens:
             return "budget-tokens"
         return None
 
