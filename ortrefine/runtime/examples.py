@@ -5,9 +5,9 @@ glossary: "A dog is a field, a field is a hold, and a hold is a stand." The keyw
 coverage term then get every concept into that frame, which makes a sentence that passes the
 coverage metric and that no person would write. Answered turns before the user's set move
 the model to the register of a plain event ("The dog looked up at the snow and stood there.")
-before the search starts, and J's log-probs are then read in that context too. Why not in J
-alone: the examples lengthen the prompt, which every scored candidate carries in its KV cache,
-so each costs time (a few tenths of a second per prompt on SmolLM2 for each example).
+before the search starts, and J's log-probs are then read in that context too. The examples
+lengthen the prompt, which every scored candidate carries in its KV cache; on SmolLM2 the two
+cost 5-15 % of a keyword refinement's time (benchmarks/eval/commongen-examples/timing).
 
 The examples use no word of CommonGen's dev concept sets, so that they cannot hand the model a
 set's answer, and they show inflected forms (planted, wrote, mailed) because a concept is rarely
@@ -36,8 +36,8 @@ KEYWORD_EXAMPLES: tuple[tuple[str, str], ...] = (
 
 
 # The first two go in by default. On the 40 CommonGen tuning sets one made every answer open like
-# it ("In spring, the children …"), and the third cost 0.5 s per prompt for no gain
-# (benchmarks/eval/commongen-examples).
+# it ("In spring, the children …"), and the third added time for no gain; the first and third
+# instead leaked "the old stone oven" into the answers (benchmarks/eval/commongen-examples).
 DEFAULT_EXAMPLE_COUNT = 2
 
 
