@@ -180,13 +180,13 @@ class RefineConfig:
         d = {k: v for k, v in d.items() if k not in derived}
         _check_names(cls, d, "refine setting")
         if "relax" in d:
-            d["relax"] = _nested(RelaxConfig, d["relax"], "relax setting")
+            d["relax"] = _nested(RelaxConfig, d["relax"], "relax")
         if d.get("initial_strategy") is not None:
-            d["initial_strategy"] = _nested(GenerationConfig, d["initial_strategy"], "initial_strategy setting")
+            d["initial_strategy"] = _nested(GenerationConfig, d["initial_strategy"], "initial_strategy")
         if isinstance(d.get("guide"), dict):
             d["guide"] = GuideConfig.from_dict(d["guide"])
         if isinstance(d.get("objectives"), list):
-            d["objectives"] = [_nested(ObjectiveSpec, o, "objective field") if isinstance(o, dict) else o for o in d["objectives"]]
+            d["objectives"] = [_nested(ObjectiveSpec, o, "objective", "field") if isinstance(o, dict) else o for o in d["objectives"]]
         for name in ("keywords", "edits"):
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
@@ -309,11 +309,11 @@ def _build(klass: type, d: dict[str, Any], what: str) -> Any:
         raise ConfigError(f"{what}: a value has the wrong type ({e})") from None
 
 
-def _nested(klass: type, d: Any, what: str) -> Any:
+def _nested(klass: type, d: Any, name: str, item: str = "setting") -> Any:
     if not isinstance(d, dict):
-        raise ConfigError(f"a {what.rsplit(' ', 1)[0]} must be an object of names and values, got {d!r}")
-    _check_names(klass, d, what)
-    return _build(klass, d, what.rsplit(" ", 1)[0])
+        raise ConfigError(f"a {name} must be an object of names and values, got {d!r}")
+    _check_names(klass, d, f"{name} {item}")
+    return _build(klass, d, name)
 
 
 def _plain(x: Any) -> Any:
